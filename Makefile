@@ -1,0 +1,28 @@
+# pkn: the two commands a new user needs are `make demo` and `make test`.
+BIN := target/release/pkn
+SAMPLE := samples/test-0-ankle-boot.png
+
+.PHONY: build demo test bench lint clean
+
+build:
+	cargo build --release
+
+# Real encrypted inference on the bundled sample with the default model (tiny-pkn), in demo/.
+demo: build
+	mkdir -p demo
+	cd demo && ../$(BIN) keygen --force && ../$(BIN) encrypt ../$(SAMPLE) && ../$(BIN) infer && ../$(BIN) decrypt
+
+# Unit tests, then the FHE exactness and CLI integration tests (release mode: FHE is slow in debug).
+test:
+	cargo test --release
+
+lint:
+	cargo fmt --all -- --check
+	cargo clippy --all-targets -- -D warnings
+
+bench:
+	cargo bench --bench fhe
+	bash benches/whole_run.sh
+
+clean:
+	rm -rf demo target

@@ -1,0 +1,236 @@
+//! The integer circuit: the closed set of operations that the clear and the FHE evaluators both run.
+//!
+//! Values are integers. A tensor flowing between two [`Requant`]s (or from the input, or to the
+//! output) is held by ciphertexts with one common encoding `Delta = 2^(63 - B)`, where `B` is the
+//! `acc_bits` of the [`Requant`] that consumes it (or `output_bits`). Such a ciphertext holds its
+//! value modulo `2^(B + 1)`; the clear evaluator reduces the same way, so the two agree for every
+//! input, including values that leave their window.
+
+use serde::{Deserialize, Serialize};
+
+use crate::params::FheParams;
+
+/// Version of the serialised circuit (and of the compiler's output semantics).
+pub const CIRCUIT_VERSION: u32 = 1;
+
+/// Channels, height, width.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Shape {
+    pub channels: usize,
+    pub height: usize,
+    pub width: usize,
+}
+
+impl Shape {
+    pub fn len(&self) -> usize {
+        self.channels * self.height * self.width
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn per_channel(&self) -> usize {
+        self.height * self.width
+    }
+}
+
+/// How the client turns pixels into integers and encodes them.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct InputSpec {
+    pub shape: Shape,
+    /// Pixels p in [0, 255] become round(p / 255 * (2^bits - 1)).
+    pub bits: u32,
+    /// B of the encoding `Delta = 2^(63 - B)` of the input ciphertexts.
+    pub encoding_bits: u32,
+}
+
+/// A leveled integer operation: every output is a weighted sum of inputs plus a per-channel offset.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum LinearOp {
+    /// Weights laid out [out][in][ky][kx], as in PyTorch.
+    Conv2d {
+        kernel: usize,
+        stride: usize,
+        padding: usize,
+        /// Value of the padded border: the zero point of the input, so that padding means float 0.
+        pad_value: i64,
+    },
+    /// Weights laid out [out][in]; the input is flattened in (c, y, x) order.
+    Dense,
+    /// Sum over each kernel x kernel window of each channel (average pooling, undivided).
+    SumPool { kernel: usize, stride: usize },
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Linear {
+    pub name: String,
+    pub op: LinearOp,
+    pub in_shape: Shape,
+    pub out_shape: Shape,
+    pub weights: Vec<i64>,
+    /// Added to every output of a channel (centring, folded zero points, integer bias).
+    pub offsets: Vec<i64>,
+}
+
+/// Exact truncation followed by one table lookup per activation.
+///
+/// With `m` the accumulator, `s = acc_bits - lut_bits` and `t = (m >> s) mod 2^(lut_bits + 1)`
+/// (floor shift), the output is `tables[c][t]` if `t < 2^lut_bits`, else `-tables[c][t - 2^lut_bits]`
+/// (the negacyclic half of the bootstrap; reached only when m left its window).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Requant {
+    pub name: String,
+    pub shape: Shape,
+    /// B: bits held by the accumulator ciphertexts (plus one padding bit).
+    pub acc_bits: u32,
+    /// W: bits read by the final table.
+    pub lut_bits: u32,
+    /// One table of 2^W entries per channel.
+    pub tables: Vec<Vec<i64>>,
+    /// B of the encoding of the output (the next consumer's `acc_bits`, or the circuit's `output_bits`).
+    pub output_encoding_bits: u32,
+    /// Width of the output activations (unsigned).
+    pub output_bits: u32,
+}
+
+impl Requant {
+    /// Number of low bits removed by exact truncation.
+    pub fn shift(&self) -> u32 {
+        self.acc_bits - self.lut_bits
+    }
+
+    /// Bootstraps per activation: one per removed bit plus the table.
+    pub fn pbs_per_activation(&self) -> u64 {
+        self.shift() as u64 + 1
+    }
+}
+
+impl Linear {
+    /// Output channel of output element `out`.
+    pub fn channel_of(&self, out: usize) -> usize {
+        out / self.out_shape.per_channel()
+    }
+
+    /// Visit the terms of output `out`: `term(Some(input_index), weight)` for a ciphertext input,
+    /// `term(None, constant)` for a plaintext constant (padding). The offset is not included.
+    pub fn for_each_term(&self, out: usize, mut term: impl FnMut(Option<usize>, i64)) {
+        let (ins, outs) = (self.in_shape, self.out_shape);
+        let oc = out / outs.per_channel();
+        let oy = (out % outs.per_channel()) / outs.width;
+        let ox = out % outs.width;
+        match self.op {
+            LinearOp::Dense => {
+                let row = &self.weights[oc * ins.len()..(oc + 1) * ins.len()];
+                for (i, &w) in row.iter().enumerate() {
+                    term(Some(i), w);
+                }
+            }
+            LinearOp::SumPool { kernel, stride } => {
+                for ky in 0..kernel {
+                    for kx in 0..kernel {
+                        let (y, x) = (oy * stride + ky, ox * stride + kx);
+                        term(Some(oc * ins.per_channel() + y * ins.width + x), 1);
+                    }
+                }
+            }
+            LinearOp::Conv2d {
+                kernel,
+                stride,
+                padding,
+                pad_value,
+            } => {
+                let per_out = ins.channels * kernel * kernel;
+                let w = &self.weights[oc * per_out..(oc + 1) * per_out];
+                for ic in 0..ins.channels {
+                    for ky in 0..kernel {
+                        for kx in 0..kernel {
+                            let wv = w[(ic * kernel + ky) * kernel + kx];
+                            let y = (oy * stride + ky) as isize - padding as isize;
+                            let x = (ox * stride + kx) as isize - padding as isize;
+                            if y < 0 || x < 0 || y >= ins.height as isize || x >= ins.width as isize
+                            {
+                                term(None, wv * pad_value);
+                            } else {
+                                let idx =
+                                    ic * ins.per_channel() + y as usize * ins.width + x as usize;
+                                term(Some(idx), wv);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Output size of a sliding window along one axis.
+pub fn window_output(size: usize, kernel: usize, stride: usize, padding: usize) -> Option<usize> {
+    let padded = size + 2 * padding;
+    (padded >= kernel && stride > 0).then(|| (padded - kernel) / stride + 1)
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Layer {
+    Linear(Linear),
+    Requant(Requant),
+}
+
+/// How the client reads the decrypted output.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct OutputSpec {
+    /// Outputs are signed integers in [-2^bits, 2^bits), encoded with `Delta = 2^(63 - bits)`.
+    pub bits: u32,
+    /// Multiply an output by this to get the float logit.
+    pub scale: f64,
+    pub classes: Vec<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Circuit {
+    pub version: u32,
+    pub name: String,
+    pub input: InputSpec,
+    pub layers: Vec<Layer>,
+    pub output: OutputSpec,
+    /// The cheapest parameter set that runs every bootstrap at p-fail <= 2^-64; None if none does.
+    pub params: Option<FheParams>,
+}
+
+impl Circuit {
+    pub fn requants(&self) -> impl Iterator<Item = &Requant> {
+        self.layers.iter().filter_map(|l| match l {
+            Layer::Requant(r) => Some(r),
+            Layer::Linear(_) => None,
+        })
+    }
+
+    /// Total bootstraps, and how many of them are truncation steps.
+    pub fn pbs_counts(&self) -> (u64, u64) {
+        self.requants().fold((0, 0), |(all, trunc), r| {
+            let n = r.shape.len() as u64;
+            (
+                all + n * r.pbs_per_activation(),
+                trunc + n * r.shift() as u64,
+            )
+        })
+    }
+
+    /// The parameters for encrypted use, or the compiler's refusal naming the layer and widths.
+    pub fn fhe_params(&self) -> crate::Result<FheParams> {
+        match self.params {
+            Some(p) => Ok(p),
+            None => crate::compile::choose_params(self),
+        }
+    }
+
+    /// Stable 16-byte identifier: a hash of the serialised circuit.
+    pub fn id(&self) -> [u8; 16] {
+        use sha2::{Digest, Sha256};
+        let bytes = bincode::serialize(self).expect("a circuit always serialises");
+        let digest = Sha256::digest(bytes);
+        let mut id = [0u8; 16];
+        id.copy_from_slice(&digest[..16]);
+        id
+    }
+}

@@ -1,0 +1,41 @@
+use std::path::PathBuf;
+
+use super::infer::EncryptedOutput;
+use super::{print_prediction, DEFAULT_CLIENT_KEY, DEFAULT_OUTPUT};
+use crate::io::container::{self, hex, Ids, Kind};
+use crate::keys::ClientKey;
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// The client (secret) key.
+    #[arg(long, default_value = DEFAULT_CLIENT_KEY)]
+    pub key: PathBuf,
+    /// The encrypted result written by `pkn infer`.
+    #[arg(short, long, default_value = DEFAULT_OUTPUT)]
+    pub input: PathBuf,
+}
+
+pub fn run(a: Args) -> anyhow::Result<()> {
+    let (ids, result): (Ids, EncryptedOutput) = container::read(&a.input, Kind::OutputCiphertext)?;
+    let (_, key): (_, ClientKey) = container::read(&a.key, Kind::ClientKey)?;
+    if ids.key != key.key_id {
+        anyhow::bail!(
+            "{} was computed under key {}, but {} is key {}: wrong key",
+            a.input.display(),
+            hex(&ids.key),
+            a.key.display(),
+            hex(&key.key_id)
+        );
+    }
+    if result.ciphertexts.lwe_size().0 != key.params.big_lwe_dimension() + 1
+        || result.ciphertexts.lwe_ciphertext_count().0 != result.output.classes.len()
+    {
+        anyhow::bail!(
+            "{} does not hold one ciphertext per class of this key's size",
+            a.input.display()
+        );
+    }
+    let scores = key.decrypt(&result.ciphertexts, result.output.bits);
+    print_prediction(&result.output, &scores);
+    Ok(())
+}

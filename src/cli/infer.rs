@@ -1,0 +1,134 @@
+use std::path::PathBuf;
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+use tfhe::core_crypto::prelude::LweCiphertextListOwned;
+
+use super::encrypt::EncryptedInput;
+use super::{print_prediction, ModelArgs, DEFAULT_INPUT, DEFAULT_OUTPUT, DEFAULT_SERVER_KEY};
+use crate::circuit::OutputSpec;
+use crate::eval::{clear, fhe};
+use crate::io::container::{self, hex, Ids, Kind};
+use crate::io::image::load_gray_png;
+use crate::keys::ServerKey;
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// The server (evaluation) key.
+    #[arg(long, default_value = DEFAULT_SERVER_KEY)]
+    pub server_key: PathBuf,
+    /// The encrypted image.
+    #[arg(short, long, default_value = DEFAULT_INPUT)]
+    pub input: PathBuf,
+    /// Where to write the encrypted result.
+    #[arg(short, long, default_value = DEFAULT_OUTPUT)]
+    pub output: PathBuf,
+    /// Run the integer reference on this plaintext PNG instead (no keys, no encryption).
+    #[arg(long, value_name = "IMAGE")]
+    pub clear: Option<PathBuf>,
+}
+
+/// Payload of an encrypted result file: the outputs and how to read them.
+#[derive(Serialize, Deserialize)]
+pub struct EncryptedOutput {
+    pub output: OutputSpec,
+    pub ciphertexts: LweCiphertextListOwned<u64>,
+}
+
+pub fn run(a: Args) -> anyhow::Result<()> {
+    let circuit = a.model.circuit()?;
+    if let Some(image) = &a.clear {
+        let s = circuit.input.shape;
+        let pixels = load_gray_png(image, s.width, s.height)?;
+        let scores = clear::run(
+            &circuit,
+            &clear::quantize_pixels(&pixels, circuit.input.bits),
+        );
+        println!(
+            "clear integer circuit of {} on {}:",
+            circuit.name,
+            image.display()
+        );
+        print_prediction(&circuit.output, &scores);
+        return Ok(());
+    }
+    let params = circuit.fhe_params()?;
+    let (input_ids, input): (Ids, EncryptedInput) =
+        container::read(&a.input, Kind::InputCiphertext)?;
+    let model_id = circuit.id();
+    if input_ids.model != model_id {
+        anyhow::bail!(
+            "{} was encrypted for another model (id {}), not {} (id {}); encrypt with --model {}",
+            a.input.display(),
+            hex(&input_ids.model),
+            circuit.name,
+            hex(&model_id),
+            a.model.model
+        );
+    }
+    let (key_ids, server_key): (Ids, ServerKey) = container::read(&a.server_key, Kind::ServerKey)?;
+    if key_ids.key != input_ids.key {
+        anyhow::bail!(
+            "{} was encrypted under key {}, but {} is key {}",
+            a.input.display(),
+            hex(&input_ids.key),
+            a.server_key.display(),
+            hex(&key_ids.key)
+        );
+    }
+    if server_key.params != params {
+        anyhow::bail!(
+            "{} has parameters {}, model {} needs {}",
+            a.server_key.display(),
+            server_key.params.name(),
+            circuit.name,
+            params.name()
+        );
+    }
+    let expected = circuit.input.shape.len();
+    let ciphertexts = input.ciphertexts.par_decompress_into_lwe_ciphertext_list();
+    if ciphertexts.lwe_ciphertext_count().0 != expected
+        || ciphertexts.lwe_size().0 != params.big_lwe_dimension() + 1
+    {
+        anyhow::bail!(
+            "{} does not hold {expected} ciphertexts of this key's size",
+            a.input.display()
+        );
+    }
+    let start = Instant::now();
+    let key = server_key.expand();
+    let key_time = start.elapsed();
+    let (pbs, trunc) = circuit.pbs_counts();
+    let bar = indicatif::ProgressBar::new(pbs).with_style(
+        indicatif::ProgressStyle::with_template(
+            "{msg} [{bar:40}] {pos}/{len} bootstraps, {elapsed} elapsed, ETA {eta}",
+        )
+        .expect("valid template")
+        .progress_chars("=> "),
+    );
+    bar.set_message(format!("inferring {}", circuit.name));
+    let run_start = Instant::now();
+    let outputs = fhe::run(&circuit, &key, ciphertexts, Some(&bar));
+    bar.finish_and_clear();
+    let secs = run_start.elapsed().as_secs_f64();
+    let ids = Ids {
+        key: key_ids.key,
+        model: model_id,
+    };
+    let payload = EncryptedOutput {
+        output: circuit.output.clone(),
+        ciphertexts: outputs,
+    };
+    container::write(&a.output, Kind::OutputCiphertext, ids, &payload, false)?;
+    println!(
+        "{}: {pbs} bootstraps ({trunc} for exact truncation) in {secs:.1} s ({:.2} ms each, key loaded in {:.1} s); \
+         encrypted result in {}",
+        circuit.name,
+        secs * 1000.0 / pbs.max(1) as f64,
+        key_time.as_secs_f64(),
+        a.output.display()
+    );
+    Ok(())
+}

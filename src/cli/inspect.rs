@@ -1,0 +1,103 @@
+use super::ModelArgs;
+use crate::circuit::{Layer, LinearOp};
+use crate::compile::noise;
+use crate::io::container::hex;
+use crate::params::{FheParams, LOG2_PFAIL_LIMIT};
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    #[command(flatten)]
+    pub model: ModelArgs,
+}
+
+/// Measured milliseconds of one keyswitch + bootstrap with the stock 2^23 x 1 decomposition,
+/// amortised over 2 threads on the reference machine (docs/benchmarks.md).
+pub const MS_PER_STOCK_PBS_2_THREADS: f64 = 11.3;
+
+pub fn run(a: Args) -> anyhow::Result<()> {
+    let c = a.model.circuit()?;
+    let params = c.fhe_params()?;
+    let report = noise::analyse(&c, &params);
+    println!(
+        "model {} (circuit id {}, format {})",
+        c.name,
+        hex(&c.id()),
+        c.version
+    );
+    let s = c.input.shape;
+    println!(
+        "input {}x{}x{}: {}-bit pixels, encoded with B = {}",
+        s.channels, s.height, s.width, c.input.bits, c.input.encoding_bits
+    );
+    println!(
+        "{:<10} {:<28} {:>10} {:>6} {:>5} {:>10} {:>12}",
+        "layer", "operation", "outputs", "B", "W", "PBS", "log2 p-fail"
+    );
+    let mut noise_iter = report.layers.iter();
+    for layer in &c.layers {
+        match layer {
+            Layer::Linear(l) => {
+                let op = match l.op {
+                    LinearOp::Conv2d {
+                        kernel,
+                        stride,
+                        padding,
+                        ..
+                    } => {
+                        format!(
+                            "conv {kernel}x{kernel}/{stride} pad {padding} -> {}",
+                            l.out_shape.channels
+                        )
+                    }
+                    LinearOp::Dense => format!("dense -> {}", l.out_shape.channels),
+                    LinearOp::SumPool { kernel, .. } => format!("sum pool {kernel}x{kernel}"),
+                };
+                println!("{:<10} {:<28} {:>10}", l.name, op, l.out_shape.len());
+            }
+            Layer::Requant(r) => {
+                let pfail = noise_iter.next().map_or(0.0, |n| n.log2_pfail);
+                println!(
+                    "{:<10} {:<28} {:>10} {:>6} {:>5} {:>10} {:>12.1}",
+                    r.name,
+                    format!("truncate {} bits + table", r.shift()),
+                    r.shape.len(),
+                    r.acc_bits,
+                    r.lut_bits,
+                    r.shape.len() as u64 * r.pbs_per_activation(),
+                    pfail
+                );
+            }
+        }
+    }
+    println!(
+        "output: {} classes, {}-bit signed, decryption log2 p-fail {:.1}",
+        c.output.classes.len(),
+        c.output.bits,
+        report.output_log2_pfail
+    );
+    let (pbs, trunc) = c.pbs_counts();
+    println!(
+        "bootstraps: {pbs} ({trunc} exact truncation steps, {} tables)",
+        pbs - trunc
+    );
+    println!(
+        "parameters: {} (security from tfhe's stock 2_2 TUniform keys; worst log2 p-fail {:.1}, limit {LOG2_PFAIL_LIMIT})",
+        params.name(),
+        report.worst_log2_pfail()
+    );
+    for candidate in FheParams::candidates() {
+        let worst = noise::analyse(&c, &candidate).worst_log2_pfail();
+        let verdict = if worst <= LOG2_PFAIL_LIMIT {
+            "meets"
+        } else {
+            "fails"
+        };
+        println!(
+            "  candidate {}: worst log2 p-fail {worst:.1}, {verdict} the limit",
+            candidate.name()
+        );
+    }
+    let secs = pbs as f64 * MS_PER_STOCK_PBS_2_THREADS * params.relative_pbs_cost() / 1000.0;
+    println!("estimated encrypted inference on 2 cores: {secs:.0} s (estimate from the cost model, not a measurement)");
+    Ok(())
+}

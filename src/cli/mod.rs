@@ -1,0 +1,136 @@
+//! The command line: one module per subcommand; `main.rs` only parses and prints errors.
+
+mod decrypt;
+mod encrypt;
+mod eval;
+mod infer;
+mod inspect;
+mod keygen;
+
+use std::path::Path;
+
+use clap::{Parser, Subcommand};
+
+use crate::circuit::{Circuit, OutputSpec};
+use crate::compile::{compile, CompileOptions, WindowMode};
+use crate::io::{idx, resolve};
+use crate::model::load_model;
+
+pub const DEFAULT_MODEL: &str = "tiny-pkn";
+pub const DEFAULT_CLIENT_KEY: &str = "client.key";
+pub const DEFAULT_SERVER_KEY: &str = "server.key";
+pub const DEFAULT_INPUT: &str = "input.ct";
+pub const DEFAULT_OUTPUT: &str = "output.ct";
+
+/// Exact encrypted inference for PolyKervNets (TFHE).
+#[derive(Parser, Debug)]
+#[command(name = "pkn", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options shared by every command that compiles a model.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ModelArgs {
+    /// Shipped model name (looked up in $PKN_WEIGHTS, ./weights, the source tree's weights/) or a path.
+    #[arg(long, default_value = DEFAULT_MODEL)]
+    pub model: String,
+    /// Size each accumulator window by its worst case instead of calibration plus a margin.
+    #[arg(long)]
+    pub worst_case: bool,
+    /// Margin added to calibrated accumulator ranges (0.25 = 25 %).
+    #[arg(long, default_value_t = 0.25)]
+    pub margin: f64,
+    /// Bits read by each table (W). Above 4 no 2048-coefficient bootstrap meets 2^-64, so only
+    /// the clear evaluator (eval, inspect, infer --clear) can run such a circuit.
+    #[arg(long, default_value_t = 4)]
+    pub lut_bits: u32,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Generate the client (secret) key and the server (evaluation) key.
+    Keygen(keygen::Args),
+    /// Encrypt a PNG image for the server.
+    Encrypt(encrypt::Args),
+    /// Run the model on the encrypted image (server side; needs only the server key).
+    Infer(infer::Args),
+    /// Decrypt the result and print the predicted class.
+    Decrypt(decrypt::Args),
+    /// Accuracy of the integer circuit on the Fashion-MNIST test set.
+    Eval(eval::Args),
+    /// Show the compiled circuit: layers, bit widths, bootstraps, parameters, estimated time.
+    Inspect(inspect::Args),
+}
+
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Keygen(a) => keygen::run(a),
+        Command::Encrypt(a) => encrypt::run(a),
+        Command::Infer(a) => infer::run(a),
+        Command::Decrypt(a) => decrypt::run(a),
+        Command::Inspect(a) => inspect::run(a),
+        Command::Eval(a) => eval::run(a),
+    }
+}
+
+impl ModelArgs {
+    pub fn options(&self) -> anyhow::Result<CompileOptions> {
+        if !(0.0..=4.0).contains(&self.margin) {
+            anyhow::bail!("--margin must be between 0 and 4, got {}", self.margin);
+        }
+        Ok(CompileOptions {
+            window: if self.worst_case {
+                WindowMode::WorstCase
+            } else {
+                WindowMode::Calibrated {
+                    margin: self.margin,
+                }
+            },
+            lut_bits: self.lut_bits,
+        })
+    }
+
+    /// Resolve, load and compile the model.
+    pub fn circuit(&self) -> anyhow::Result<Circuit> {
+        compile_model(&resolve::resolve_model(&self.model)?, &self.options()?)
+    }
+}
+
+/// Load a model file and compile it with its shipped calibration images.
+pub fn compile_model(path: &Path, options: &CompileOptions) -> anyhow::Result<Circuit> {
+    let model = load_model(path)?;
+    let calibration = idx::read_images(&resolve::resolve_calibration(path)?)?;
+    Ok(compile(&model, &calibration, options)?)
+}
+
+/// Print the predicted class and the scores.
+pub fn print_prediction(output: &OutputSpec, scores: &[i64]) {
+    let best = crate::eval::clear::argmax(scores);
+    let name = output.classes.get(best).map_or("?", String::as_str);
+    println!("prediction: {name} (class {best})");
+    println!(
+        "scores (integer output, logit = integer x {:.3e}):",
+        output.scale
+    );
+    for (i, s) in scores.iter().enumerate() {
+        let class = output.classes.get(i).map_or("?", String::as_str);
+        let mark = if i == best { " <" } else { "" };
+        println!(
+            "  {class:<12} {s:>8}  {:>8.3}{mark}",
+            *s as f64 * output.scale
+        );
+    }
+}
+
+/// Refuse to replace an existing file unless `force`.
+pub fn check_overwrite(path: &Path, force: bool) -> anyhow::Result<()> {
+    if path.exists() && !force {
+        anyhow::bail!(
+            "{} already exists; pass --force to replace it",
+            path.display()
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,517 @@
+//! The compiler: a loaded float [`Model`] and calibration images in, an integer [`Circuit`] out.
+//!
+//! Passes, each a function from one well-formed value to the next:
+//! 1. quantize: weights per output channel (symmetric), activations per layer (asymmetric, from
+//!    calibration), pixels as the client does;
+//! 2. calibrate and plan precision: run the integer circuit built so far on the calibration images,
+//!    measure every accumulator, choose the window of bits (calibrated plus a margin, or worst case)
+//!    and the centring offsets;
+//! 3. fuse: bias, cp, the square, ap, batch norm and requantization become one table per channel;
+//! 4. choose parameters: the cheapest TFHE set whose every bootstrap meets p-fail <= 2^-64
+//!    ([`noise`]). A circuit no set can run exactly keeps `params: None`: the clear evaluator can
+//!    still study it, but every encrypted use is refused, naming the layer and its widths.
+
+pub mod noise;
+mod quantize;
+
+use crate::circuit::{
+    window_output, Circuit, InputSpec, Layer, Linear, LinearOp, OutputSpec, Requant, Shape,
+    CIRCUIT_VERSION,
+};
+use crate::error::{Error, Result};
+use crate::eval::clear;
+use crate::model::{Model, Node};
+use crate::params::{FheParams, LOG2_PFAIL_LIMIT};
+use quantize::{quantize_weights, ActQuant, Chain};
+
+/// How the window of accumulator bits that feeds each table is sized.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum WindowMode {
+    /// The calibrated range widened by `margin` (0.25 = 25 %); values outside it wrap, exactly as
+    /// the clear evaluator defines.
+    Calibrated { margin: f64 },
+    /// The worst case over all inputs: no value ever leaves its window.
+    WorstCase,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct CompileOptions {
+    pub window: WindowMode,
+    /// Bits read by each table (W); 4 is the most the 2048-coefficient bootstrap reads at 2^-64.
+    pub lut_bits: u32,
+}
+
+impl Default for CompileOptions {
+    fn default() -> Self {
+        CompileOptions {
+            window: WindowMode::Calibrated { margin: 0.25 },
+            lut_bits: 4,
+        }
+    }
+}
+
+/// Range [lo, hi] every element of a tensor is known to lie in.
+#[derive(Clone, Copy, Debug)]
+struct Bounds {
+    lo: i64,
+    hi: i64,
+}
+
+/// The integer tensor being built, on every calibration image.
+struct State {
+    shape: Shape,
+    values: Vec<Vec<i64>>,
+    bounds: Bounds,
+    /// Float meaning of an integer q: scale * (q - zero_point).
+    scale: f64,
+    zero_point: i64,
+}
+
+pub fn compile(
+    model: &Model,
+    calibration: &[Vec<u8>],
+    options: &CompileOptions,
+) -> Result<Circuit> {
+    if calibration.is_empty() {
+        return Err(Error::Compile("no calibration images".into()));
+    }
+    if !(1..=8).contains(&options.lut_bits) {
+        return Err(Error::Compile(format!(
+            "table input of {} bits is not supported (1..=8)",
+            options.lut_bits
+        )));
+    }
+    let arch = &model.arch;
+    let q = arch.quantization;
+    let shape = Shape {
+        channels: arch.input[0],
+        height: arch.input[1],
+        width: arch.input[2],
+    };
+    for (i, img) in calibration.iter().enumerate() {
+        if img.len() != shape.len() {
+            return Err(Error::Compile(format!(
+                "calibration image {i} has {} pixels, the model takes {}",
+                img.len(),
+                shape.len()
+            )));
+        }
+    }
+    let levels = (1i64 << q.input_bits) - 1;
+    let mut state = State {
+        shape,
+        values: calibration
+            .iter()
+            .map(|img| clear::quantize_pixels(img, q.input_bits))
+            .collect(),
+        bounds: Bounds { lo: 0, hi: levels },
+        scale: 1.0 / levels as f64,
+        zero_point: 0,
+    };
+    let mut layers = Vec::new();
+    let mut output = None;
+    let mut i = 0;
+    while i < model.nodes.len() {
+        let node = &model.nodes[i];
+        i += 1;
+        match node {
+            Node::AvgPool { kernel, stride } => {
+                let layer = sum_pool(&state, *kernel, *stride)?;
+                let k2 = (kernel * kernel) as i64;
+                state.bounds = Bounds {
+                    lo: state.bounds.lo * k2,
+                    hi: state.bounds.hi * k2,
+                };
+                state.scale /= k2 as f64;
+                state.zero_point *= k2;
+                advance(&mut state, &layer);
+                layers.push(Layer::Linear(layer));
+            }
+            Node::Flatten => {
+                state.shape = Shape {
+                    channels: state.shape.len(),
+                    height: 1,
+                    width: 1,
+                };
+            }
+            Node::Add { from } => {
+                return Err(Error::Compile(format!(
+                    "residual add (from layer {from}) is not supported by this compiler version yet"
+                )))
+            }
+            Node::Pkn { name, .. } | Node::Affine { name, .. } => {
+                return Err(Error::Compile(format!(
+                    "layer {name} is element-wise but follows no convolution or dense layer"
+                )))
+            }
+            Node::Conv2d { .. } | Node::Dense { .. } => {
+                let chain_len = model.nodes[i..]
+                    .iter()
+                    .take_while(|n| n.is_elementwise())
+                    .count();
+                let chain = Chain::new(&model.nodes[i..i + chain_len]);
+                i += chain_len;
+                let is_last = !model.nodes[i..]
+                    .iter()
+                    .any(|n| matches!(n, Node::Conv2d { .. } | Node::Dense { .. }));
+                let lin = quantize_weights(node, &state, q.weight_bits, is_last && chain_len == 0)?;
+                if is_last && chain_len == 0 {
+                    if i < model.nodes.len() {
+                        return Err(Error::Compile(format!(
+                            "layers after the output layer {} are not supported",
+                            lin.layer.name
+                        )));
+                    }
+                    output = Some(output_layer(lin, &state, &arch.classes)?);
+                } else {
+                    let channels = lin.layer.out_shape.channels;
+                    if chain.channels().is_some_and(|c| c != channels) {
+                        return Err(Error::Compile(format!(
+                            "batch norm after {} has {} channels, the layer has {channels}",
+                            lin.layer.name,
+                            chain.channels().unwrap_or(0)
+                        )));
+                    }
+                    let (linear, requant) =
+                        requantize(lin, chain, &mut state, q.activation_bits, options)?;
+                    layers.push(Layer::Linear(linear));
+                    layers.push(Layer::Requant(requant));
+                }
+            }
+        }
+    }
+    let (out_layer, output_spec) = output.ok_or_else(|| {
+        Error::Compile("the model has no output layer (a dense or conv without activation)".into())
+    })?;
+    layers.push(Layer::Linear(out_layer));
+    if output_spec.classes.len() != layers_output_len(&layers) {
+        return Err(Error::Compile(format!(
+            "the model has {} classes but {} outputs",
+            output_spec.classes.len(),
+            layers_output_len(&layers)
+        )));
+    }
+    link_encodings(&mut layers, output_spec.bits);
+    let input = InputSpec {
+        shape,
+        bits: q.input_bits,
+        encoding_bits: layers
+            .iter()
+            .find_map(|l| match l {
+                Layer::Requant(r) => Some(r.acc_bits),
+                Layer::Linear(_) => None,
+            })
+            .unwrap_or(output_spec.bits),
+    };
+    let mut circuit = Circuit {
+        version: CIRCUIT_VERSION,
+        name: arch.name.clone(),
+        input,
+        layers,
+        output: output_spec,
+        params: None,
+    };
+    circuit.params = choose_params(&circuit).ok();
+    Ok(circuit)
+}
+
+fn layers_output_len(layers: &[Layer]) -> usize {
+    match layers.last() {
+        Some(Layer::Linear(l)) => l.out_shape.len(),
+        Some(Layer::Requant(r)) => r.shape.len(),
+        None => 0,
+    }
+}
+
+/// Set each table's output encoding to the width held by whatever consumes it.
+fn link_encodings(layers: &mut [Layer], output_bits: u32) {
+    let mut next = output_bits;
+    for layer in layers.iter_mut().rev() {
+        if let Layer::Requant(r) = layer {
+            r.output_encoding_bits = next;
+            next = r.acc_bits;
+        }
+    }
+}
+
+fn advance(state: &mut State, layer: &Linear) {
+    state.values = state
+        .values
+        .iter()
+        .map(|v| clear::linear(layer, v))
+        .collect();
+    state.shape = layer.out_shape;
+}
+
+fn sum_pool(state: &State, kernel: usize, stride: usize) -> Result<Linear> {
+    let s = state.shape;
+    let (h, w) = match (
+        window_output(s.height, kernel, stride, 0),
+        window_output(s.width, kernel, stride, 0),
+    ) {
+        (Some(h), Some(w)) => (h, w),
+        _ => {
+            return Err(Error::Compile(format!(
+                "avg_pool kernel {kernel} does not fit the {}x{} input",
+                s.height, s.width
+            )))
+        }
+    };
+    Ok(Linear {
+        name: "avg_pool".into(),
+        op: LinearOp::SumPool { kernel, stride },
+        in_shape: s,
+        out_shape: Shape {
+            channels: s.channels,
+            height: h,
+            width: w,
+        },
+        weights: Vec::new(),
+        offsets: vec![0; s.channels],
+    })
+}
+
+/// Number of bits needed to hold `width` distinct values.
+fn bits_for(width: i64) -> u32 {
+    64 - (width.max(1) - 1).leading_zeros()
+}
+
+/// Worst-case per-channel range of a linear layer's outputs (offsets excluded).
+fn worst_case(layer: &Linear, input: Bounds) -> Vec<Bounds> {
+    let per_channel = layer.out_shape.per_channel();
+    (0..layer.out_shape.channels)
+        .map(|c| {
+            let mut channel = Bounds {
+                lo: i64::MAX,
+                hi: i64::MIN,
+            };
+            // Every position of a channel uses the same weights, but padding differs: visit all.
+            for out in c * per_channel..(c + 1) * per_channel {
+                let (mut lo, mut hi) = (0i64, 0i64);
+                layer.for_each_term(out, |idx, w| match idx {
+                    Some(_) => {
+                        lo += (w * input.lo).min(w * input.hi);
+                        hi += (w * input.lo).max(w * input.hi);
+                    }
+                    None => {
+                        lo += w;
+                        hi += w;
+                    }
+                });
+                channel.lo = channel.lo.min(lo);
+                channel.hi = channel.hi.max(hi);
+            }
+            channel
+        })
+        .collect()
+}
+
+/// A linear layer with integer weights and the float scales that give them meaning.
+pub(crate) struct QuantizedLinear {
+    pub layer: Linear,
+    /// Float pre-activation of channel c: weight_scale[c] * (acc - zero_term[c]) + bias[c].
+    pub weight_scale: Vec<f64>,
+    pub zero_term: Vec<f64>,
+    pub bias: Vec<f64>,
+}
+
+/// Plan the window of one accumulator, fuse its element-wise chain into tables, and advance
+/// the calibration state through the new layers.
+fn requantize(
+    mut lin: QuantizedLinear,
+    chain: Chain,
+    state: &mut State,
+    act_bits: u32,
+    options: &CompileOptions,
+) -> Result<(Linear, Requant)> {
+    let layer = &mut lin.layer;
+    let shape = layer.out_shape;
+    let worst = worst_case(layer, state.bounds);
+    let per_channel = shape.per_channel();
+    let raw_accs: Vec<Vec<i64>> = state
+        .values
+        .iter()
+        .map(|v| clear::linear(layer, v))
+        .collect();
+    let calibrated: Vec<Bounds> = (0..shape.channels)
+        .map(|c| {
+            let mut b = Bounds {
+                lo: i64::MAX,
+                hi: i64::MIN,
+            };
+            for acc in &raw_accs {
+                for &v in &acc[c * per_channel..(c + 1) * per_channel] {
+                    b.lo = b.lo.min(v);
+                    b.hi = b.hi.max(v);
+                }
+            }
+            b
+        })
+        .collect();
+    let worst_bits = worst
+        .iter()
+        .map(|b| bits_for(b.hi - b.lo + 1))
+        .max()
+        .unwrap_or(1);
+    // The width each channel's window must hold, and the bits of the widest.
+    let margin = match options.window {
+        WindowMode::Calibrated { margin } => Some(margin),
+        WindowMode::WorstCase => None,
+    };
+    let calibrated_need = |b: &Bounds, m: f64| ((b.hi - b.lo + 1) as f64 * (1.0 + m)).ceil() as i64;
+    let calibrated_bits = margin.map(|m| {
+        calibrated
+            .iter()
+            .map(|b| bits_for(calibrated_need(b, m)))
+            .max()
+            .unwrap_or(1)
+    });
+    let (mut windows, needs, acc_bits) = match calibrated_bits {
+        Some(bits) if bits < worst_bits => {
+            let m = margin.unwrap_or(0.0);
+            let needs: Vec<i64> = calibrated.iter().map(|b| calibrated_need(b, m)).collect();
+            (calibrated, needs, bits)
+        }
+        _ => (
+            worst.clone(),
+            worst.iter().map(|b| b.hi - b.lo + 1).collect(),
+            worst_bits,
+        ),
+    };
+    let acc_bits = acc_bits.max(options.lut_bits);
+    if acc_bits > 40 {
+        return Err(Error::Compile(format!(
+            "layer {}: accumulator needs {acc_bits} bits (worst case {worst_bits}); at most 40 are supported",
+            layer.name
+        )));
+    }
+    // Stretch narrow channels by an integer gain so that every channel fills the window: exact
+    // (the gain multiplies integer weights) and free (no extra bootstrap).
+    let row_len = layer.weights.len() / shape.channels;
+    for (c, need) in needs.iter().enumerate() {
+        let gain = ((1i64 << acc_bits) / need.max(&1)).max(1);
+        layer.weights[c * row_len..(c + 1) * row_len]
+            .iter_mut()
+            .for_each(|w| *w *= gain);
+        lin.zero_term[c] *= gain as f64;
+        lin.weight_scale[c] /= gain as f64;
+        windows[c] = Bounds {
+            lo: windows[c].lo * gain,
+            hi: windows[c].hi * gain,
+        };
+    }
+    let accs: Vec<Vec<i64>> = state
+        .values
+        .iter()
+        .map(|v| clear::linear(layer, v))
+        .collect();
+    // Centre each channel's window in [0, 2^B).
+    layer.offsets = windows
+        .iter()
+        .map(|b| (1i64 << (acc_bits - 1)) - (b.lo + b.hi + 1).div_euclid(2))
+        .collect();
+    let shift = acc_bits - options.lut_bits;
+    // Activation quantization from the float values the calibration accumulators stand for.
+    let float_of = |c: usize, acc: f64| {
+        chain.apply(
+            c,
+            lin.weight_scale[c] * (acc - lin.zero_term[c]) + lin.bias[c],
+        )
+    };
+    let mut y_lo = f64::INFINITY;
+    let mut y_hi = f64::NEG_INFINITY;
+    for acc in &accs {
+        for (idx, &v) in acc.iter().enumerate() {
+            let y = float_of(idx / per_channel, v as f64);
+            y_lo = y_lo.min(y);
+            y_hi = y_hi.max(y);
+        }
+    }
+    let act = ActQuant::from_range(y_lo, y_hi, act_bits);
+    let tables = (0..shape.channels)
+        .map(|c| {
+            (0..1i64 << options.lut_bits)
+                .map(|t| {
+                    // Centre of the bin of accumulator values that index t.
+                    let centre = (t << shift) as f64 + ((1i64 << shift) - 1) as f64 / 2.0
+                        - layer.offsets[c] as f64;
+                    act.quantize(float_of(c, centre))
+                })
+                .collect()
+        })
+        .collect();
+    let requant = Requant {
+        name: layer.name.clone(),
+        shape,
+        acc_bits,
+        lut_bits: options.lut_bits,
+        tables,
+        output_encoding_bits: 0,
+        output_bits: act_bits,
+    };
+    let linear = lin.layer;
+    state.values = state
+        .values
+        .iter()
+        .map(|v| clear::requant(&requant, &clear::linear(&linear, v)))
+        .collect();
+    state.shape = shape;
+    state.bounds = Bounds {
+        lo: 0,
+        hi: (1i64 << act_bits) - 1,
+    };
+    state.scale = act.scale;
+    state.zero_point = act.zero_point;
+    Ok((linear, requant))
+}
+
+/// The last layer: its accumulators are the outputs, decrypted directly (no bootstrap).
+fn output_layer(
+    mut lin: QuantizedLinear,
+    state: &State,
+    classes: &[String],
+) -> Result<(Linear, OutputSpec)> {
+    let scale = lin.weight_scale[0];
+    lin.layer.offsets = (0..lin.layer.out_shape.channels)
+        .map(|c| (lin.bias[c] / scale).round() as i64 - lin.zero_term[c].round() as i64)
+        .collect();
+    let mut worst = worst_case(&lin.layer, state.bounds);
+    for (b, &off) in worst.iter_mut().zip(&lin.layer.offsets) {
+        b.lo += off;
+        b.hi += off;
+    }
+    let max_abs = worst
+        .iter()
+        .map(|b| b.lo.abs().max(b.hi.abs()))
+        .max()
+        .unwrap_or(0);
+    let bits = bits_for(max_abs + 1);
+    Ok((
+        lin.layer,
+        OutputSpec {
+            bits,
+            scale,
+            classes: classes.to_vec(),
+        },
+    ))
+}
+
+/// The cheapest parameter set under which every bootstrap of the circuit meets the limit.
+pub fn choose_params(circuit: &Circuit) -> Result<FheParams> {
+    let mut best_failure = None;
+    for params in FheParams::candidates() {
+        let report = noise::analyse(circuit, &params);
+        if report.worst_log2_pfail() <= LOG2_PFAIL_LIMIT {
+            return Ok(params);
+        }
+        best_failure = Some(report);
+    }
+    let report = best_failure.expect("there is at least one candidate");
+    let worst = report.worst();
+    Err(Error::Compile(format!(
+        "no parameter set runs this circuit exactly: layer {} ({} accumulator bits, {} read by the table) \
+         reaches p-fail 2^{:.1} > 2^{LOG2_PFAIL_LIMIT} even with the most precise bootstrap; \
+         use fewer weight or activation bits or a narrower window",
+        worst.name, worst.acc_bits, worst.lut_bits, worst.log2_pfail
+    )))
+}

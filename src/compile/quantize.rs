@@ -1,0 +1,202 @@
+//! Quantization of weights and activations, and the element-wise chain fused into tables.
+
+use super::{QuantizedLinear, State};
+use crate::circuit::{window_output, Linear, LinearOp, Shape};
+use crate::error::{Error, Result};
+use crate::model::Node;
+
+/// Symmetric weight quantization: q = clamp(round(w / s), -(2^(b-1) - 1), 2^(b-1) - 1) with
+/// s = max|w| / (2^(b-1) - 1), per output channel (or one scale for the whole tensor).
+fn quantize_rows(
+    weights: &[f64],
+    rows: usize,
+    bits: u32,
+    per_tensor: bool,
+) -> (Vec<i64>, Vec<f64>) {
+    let qmax = ((1i64 << (bits - 1)) - 1) as f64;
+    let row_len = weights.len() / rows;
+    let max_abs = |ws: &[f64]| ws.iter().fold(0f64, |m, w| m.max(w.abs())).max(1e-12);
+    let global = max_abs(weights);
+    let scales: Vec<f64> = weights
+        .chunks(row_len)
+        .map(|row| if per_tensor { global } else { max_abs(row) } / qmax)
+        .collect();
+    let q = weights
+        .chunks(row_len)
+        .zip(&scales)
+        .flat_map(|(row, s)| {
+            row.iter()
+                .map(move |w| (w / s).round().clamp(-qmax, qmax) as i64)
+        })
+        .collect();
+    (q, scales)
+}
+
+/// Quantize a conv or dense node against the current tensor. `per_tensor` gives every output
+/// the same scale (the output layer, whose raw integers are compared by argmax).
+pub(crate) fn quantize_weights(
+    node: &Node,
+    state: &State,
+    bits: u32,
+    per_tensor: bool,
+) -> Result<QuantizedLinear> {
+    let s = state.shape;
+    let (name, op, out_shape, weights, bias) = match node {
+        Node::Conv2d {
+            name,
+            in_channels,
+            out_channels,
+            kernel,
+            stride,
+            padding,
+            weight,
+            bias,
+        } => {
+            if *in_channels != s.channels {
+                return Err(Error::Compile(format!(
+                    "layer {name} expects {in_channels} input channels, it receives {}",
+                    s.channels
+                )));
+            }
+            let (Some(h), Some(w)) = (
+                window_output(s.height, *kernel, *stride, *padding),
+                window_output(s.width, *kernel, *stride, *padding),
+            ) else {
+                return Err(Error::Compile(format!(
+                    "layer {name}: kernel {kernel} does not fit its {}x{} input",
+                    s.height, s.width
+                )));
+            };
+            let op = LinearOp::Conv2d {
+                kernel: *kernel,
+                stride: *stride,
+                padding: *padding,
+                pad_value: state.zero_point,
+            };
+            let shape = Shape {
+                channels: *out_channels,
+                height: h,
+                width: w,
+            };
+            (name, op, shape, weight, bias)
+        }
+        Node::Dense {
+            name,
+            in_features,
+            out_features,
+            weight,
+            bias,
+        } => {
+            if *in_features != s.len() {
+                return Err(Error::Compile(format!(
+                    "layer {name} expects {in_features} inputs, it receives {} ({}x{}x{}); flatten first?",
+                    s.len(),
+                    s.channels,
+                    s.height,
+                    s.width
+                )));
+            }
+            let shape = Shape {
+                channels: *out_features,
+                height: 1,
+                width: 1,
+            };
+            (name, LinearOp::Dense, shape, weight, bias)
+        }
+        _ => unreachable!("quantize_weights is called on linear nodes only"),
+    };
+    let rows = out_shape.channels;
+    let (q, scales) = quantize_rows(weights, rows, bits, per_tensor);
+    let row_len = q.len() / rows;
+    let zero_term = q
+        .chunks(row_len)
+        .map(|row| state.zero_point as f64 * row.iter().sum::<i64>() as f64)
+        .collect();
+    Ok(QuantizedLinear {
+        layer: Linear {
+            name: name.clone(),
+            op,
+            in_shape: s,
+            out_shape,
+            weights: q,
+            offsets: vec![0; rows],
+        },
+        weight_scale: scales.iter().map(|ws| ws * state.scale).collect(),
+        zero_term,
+        bias: bias.clone(),
+    })
+}
+
+/// Asymmetric activation quantization: q = clamp(round(y / scale) + zero_point, 0, 2^bits - 1).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct ActQuant {
+    pub scale: f64,
+    pub zero_point: i64,
+    max: i64,
+}
+
+impl ActQuant {
+    pub fn from_range(lo: f64, hi: f64, bits: u32) -> Self {
+        let (lo, hi) = (lo.min(0.0), hi.max(0.0));
+        let max = (1i64 << bits) - 1;
+        let scale = ((hi - lo) / max as f64).max(1e-12);
+        let zero_point = ((-lo / scale).round() as i64).clamp(0, max);
+        ActQuant {
+            scale,
+            zero_point,
+            max,
+        }
+    }
+
+    pub fn quantize(&self, y: f64) -> i64 {
+        ((y / self.scale).round() as i64 + self.zero_point).clamp(0, self.max)
+    }
+}
+
+/// The element-wise operations after an accumulator: PKN activations and folded batch norms.
+pub(crate) struct Chain<'a> {
+    nodes: &'a [Node],
+}
+
+impl<'a> Chain<'a> {
+    pub fn new(nodes: &'a [Node]) -> Self {
+        Chain { nodes }
+    }
+
+    /// Channel count the chain's batch norms imply, if any.
+    pub fn channels(&self) -> Option<usize> {
+        self.nodes.iter().find_map(|n| match n {
+            Node::Affine { scale, .. } => Some(scale.len()),
+            _ => None,
+        })
+    }
+
+    /// Evaluate the chain on channel `c` of pre-activation `z`.
+    pub fn apply(&self, c: usize, z: f64) -> f64 {
+        self.nodes.iter().fold(z, |y, n| match n {
+            Node::Pkn { cp, ap, .. } => ap * (cp + y) * (cp + y),
+            Node::Affine { scale, shift, .. } => scale[c] * y + shift[c],
+            _ => unreachable!("chains hold element-wise nodes only"),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn weights_quantize_per_row() {
+        let (q, s) = quantize_rows(&[1.0, -0.5, 0.1, 0.2], 2, 3, false);
+        assert_eq!(q, vec![3, -2, 2, 3]);
+        assert!((s[0] - 1.0 / 3.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn activation_range_contains_zero() {
+        let a = ActQuant::from_range(0.5, 3.5, 2);
+        assert_eq!(a.zero_point, 0);
+        assert_eq!(a.quantize(3.5), 3);
+        assert_eq!(a.quantize(-1.0), 0);
+    }
+}

@@ -1,0 +1,125 @@
+//! The clear evaluator: the integer circuit on plaintext i64, the reference that FHE must equal.
+
+use crate::circuit::{Circuit, Layer, Linear, Requant};
+
+/// Pixels in [0, 255] to the circuit's input integers: round(p / 255 * (2^bits - 1)).
+pub fn quantize_pixels(pixels: &[u8], bits: u32) -> Vec<i64> {
+    let levels = (1i64 << bits) - 1;
+    pixels
+        .iter()
+        .map(|&p| (p as i64 * levels * 2 + 255) / 510)
+        .collect()
+}
+
+/// A leveled layer: exact weighted sums plus per-channel offsets.
+pub fn linear(layer: &Linear, input: &[i64]) -> Vec<i64> {
+    (0..layer.out_shape.len())
+        .map(|out| {
+            let mut acc = layer.offsets[layer.channel_of(out)];
+            layer.for_each_term(out, |idx, w| match idx {
+                Some(i) => acc += w * input[i],
+                None => acc += w,
+            });
+            acc
+        })
+        .collect()
+}
+
+/// Index read by the table: `(m >> s) mod 2^(W + 1)`, with a floor shift.
+pub fn lut_index(acc: i64, shift: u32, lut_bits: u32) -> usize {
+    (acc >> shift).rem_euclid(1i64 << (lut_bits + 1)) as usize
+}
+
+/// Table output for index `t`, including the negacyclic half.
+pub fn table_output(table: &[i64], t: usize) -> i64 {
+    match table.get(t) {
+        Some(&v) => v,
+        None => -table[t - table.len()],
+    }
+}
+
+/// Exact truncation and table lookup of every activation.
+pub fn requant(layer: &Requant, acc: &[i64]) -> Vec<i64> {
+    let per_channel = layer.shape.per_channel();
+    acc.iter()
+        .enumerate()
+        .map(|(i, &m)| {
+            let t = lut_index(m, layer.shift(), layer.lut_bits);
+            table_output(&layer.tables[i / per_channel], t)
+        })
+        .collect()
+}
+
+/// The value a ciphertext with encoding `Delta = 2^(63 - bits)` holds: `v mod 2^(bits + 1)`,
+/// read as signed.
+pub fn wrap_signed(v: i64, bits: u32) -> i64 {
+    let m = 1i64 << (bits + 1);
+    let r = v.rem_euclid(m);
+    if r >= m / 2 {
+        r - m
+    } else {
+        r
+    }
+}
+
+/// Run the whole circuit on quantized input integers; returns the output integers.
+pub fn run(circuit: &Circuit, input: &[i64]) -> Vec<i64> {
+    let mut x = input.to_vec();
+    for layer in &circuit.layers {
+        x = match layer {
+            Layer::Linear(l) => linear(l, &x),
+            Layer::Requant(r) => requant(r, &x),
+        };
+    }
+    x.into_iter()
+        .map(|v| wrap_signed(v, circuit.output.bits))
+        .collect()
+}
+
+/// Index of the largest output (the predicted class).
+pub fn argmax(scores: &[i64]) -> usize {
+    scores
+        .iter()
+        .enumerate()
+        .max_by_key(|&(i, &v)| (v, std::cmp::Reverse(i)))
+        .map(|(i, _)| i)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pixels_round_to_nearest_level() {
+        assert_eq!(
+            quantize_pixels(&[0, 8, 9, 128, 255], 4),
+            vec![0, 0, 1, 8, 15]
+        );
+    }
+
+    #[test]
+    fn lut_index_wraps_into_the_negacyclic_half() {
+        // W = 2, s = 3: window [0, 32) maps to t in [0, 4); 32..64 to the negacyclic half.
+        assert_eq!(lut_index(0, 3, 2), 0);
+        assert_eq!(lut_index(31, 3, 2), 3);
+        assert_eq!(lut_index(32, 3, 2), 4);
+        assert_eq!(lut_index(64, 3, 2), 0);
+        assert_eq!(lut_index(-1, 3, 2), 7);
+        let table = [5, 6, 7, 8];
+        assert_eq!(table_output(&table, 3), 8);
+        assert_eq!(table_output(&table, 5), -6);
+    }
+
+    #[test]
+    fn wrap_signed_matches_two_complement() {
+        assert_eq!(wrap_signed(5, 3), 5);
+        assert_eq!(wrap_signed(8, 3), -8);
+        assert_eq!(wrap_signed(-9, 3), 7);
+    }
+
+    #[test]
+    fn argmax_prefers_first_on_ties() {
+        assert_eq!(argmax(&[1, 3, 3, 2]), 1);
+    }
+}

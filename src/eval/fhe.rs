@@ -1,0 +1,250 @@
+//! The FHE evaluator: the circuit on LWE ciphertexts, with the evaluation key only.
+//!
+//! Linear layers are leveled integer sums of ciphertexts. A [`Requant`] first removes the low
+//! `s` bits of each accumulator by exact LSB-first bit extraction (one sign bootstrap per bit;
+//! DESIGN 4b), then bootstraps the remaining W bits through the channel's table. All bootstraps
+//! of a layer run in one rayon batch.
+
+use indicatif::ProgressBar;
+use rayon::prelude::*;
+use tfhe::core_crypto::fft_impl::fft64::math::fft::{Fft, FftView};
+use tfhe::core_crypto::prelude::*;
+
+use crate::circuit::{Circuit, Layer, Linear, Requant};
+use crate::keys::{delta, encode, EvaluationKey};
+
+pub type Ciphertexts = LweCiphertextListOwned<u64>;
+
+/// Per-thread buffers for keyswitch and bootstrap.
+pub struct Scratch {
+    small: LweCiphertextOwned<u64>,
+    shifted: LweCiphertextOwned<u64>,
+    rotated: GlweCiphertextOwned<u64>,
+    buffers: ComputationBuffers,
+}
+
+/// The evaluation key with its FFT plan: what every bootstrap needs.
+pub struct Engine<'k> {
+    key: &'k EvaluationKey,
+    fft: Fft,
+}
+
+fn native() -> CiphertextModulus<u64> {
+    CiphertextModulus::new_native()
+}
+
+impl<'k> Engine<'k> {
+    pub fn new(key: &'k EvaluationKey) -> Self {
+        Engine {
+            key,
+            fft: Fft::new(PolynomialSize(key.params.polynomial_size)),
+        }
+    }
+
+    fn fft(&self) -> FftView<'_> {
+        self.fft.as_view()
+    }
+
+    pub fn scratch(&self) -> Scratch {
+        let p = self.key.params;
+        let glwe_size = GlweSize(p.glwe_dimension + 1);
+        let poly = PolynomialSize(p.polynomial_size);
+        let mut buffers = ComputationBuffers::new();
+        buffers.resize(
+            blind_rotate_assign_mem_optimized_requirement::<u64>(glwe_size, poly, self.fft())
+                .unaligned_bytes_required(),
+        );
+        Scratch {
+            small: LweCiphertext::new(0, LweSize(p.lwe_dimension + 1), native()),
+            shifted: LweCiphertext::new(0, LweSize(p.big_lwe_dimension() + 1), native()),
+            rotated: GlweCiphertext::new(0, glwe_size, poly, native()),
+            buffers,
+        }
+    }
+
+    /// A lookup accumulator: coefficient j of the rotated table answers the phases around
+    /// j / 2N; `value(t)` is the already encoded output for table index t in [0, 2^(bits + 1)).
+    pub fn accumulator(&self, bits: u32, value: impl Fn(usize) -> u64) -> GlweCiphertextOwned<u64> {
+        let p = self.key.params;
+        let n = p.polynomial_size;
+        let boxes = 1usize << bits;
+        let box_size = n / boxes;
+        let mut acc = GlweCiphertext::new(
+            0,
+            GlweSize(p.glwe_dimension + 1),
+            PolynomialSize(n),
+            native(),
+        );
+        for (j, coef) in acc.get_mut_body().as_mut().iter_mut().enumerate() {
+            *coef = value((j + box_size / 2) / box_size);
+        }
+        acc
+    }
+
+    /// Keyswitch `big` (in `scratch.shifted`), centred modulus switch, blind rotation of `lut`,
+    /// and sample extraction into `out`.
+    fn bootstrap_shifted(
+        &self,
+        scratch: &mut Scratch,
+        lut: &GlweCiphertextOwned<u64>,
+        out: &mut [u64],
+    ) {
+        keyswitch_lwe_ciphertext(
+            &self.key.keyswitch_key,
+            &scratch.shifted,
+            &mut scratch.small,
+        );
+        let log_modulus = CiphertextModulusLog(self.key.params.log2_modswitch_modulus());
+        let switched = lwe_ciphertext_centered_binary_modulus_switch::<u64, usize, _>(
+            scratch.small.as_view(),
+            log_modulus,
+        );
+        scratch.rotated.as_mut().copy_from_slice(lut.as_ref());
+        blind_rotate_assign_mem_optimized(
+            &switched,
+            &mut scratch.rotated,
+            &self.key.bootstrap_key,
+            self.fft(),
+            scratch.buffers.stack(),
+        );
+        let mut out = LweCiphertext::from_container(out, native());
+        extract_lwe_sample_from_glwe_ciphertext(&scratch.rotated, &mut out, MonomialDegree(0));
+    }
+
+    /// One exact truncation step: `ct` holds m with `held` bits (Delta = 2^(63 - held)); afterwards
+    /// it holds m >> 1 with `held - 1` bits. `sign_lut` is [`Engine::sign_accumulator`]`(held)`.
+    pub fn truncation_step(
+        &self,
+        scratch: &mut Scratch,
+        ct: &mut [u64],
+        held: u32,
+        sign_lut: &GlweCiphertextOwned<u64>,
+    ) {
+        // Move the lowest bit to the top and centre it: phase 1/4 for bit 0, 3/4 for bit 1.
+        for (d, s) in scratch.shifted.as_mut().iter_mut().zip(ct.iter()) {
+            *d = s << held;
+        }
+        let body = scratch
+            .shifted
+            .as_mut()
+            .last_mut()
+            .expect("non-empty ciphertext");
+        *body = body.wrapping_add(1 << 62);
+        let mut bit = vec![0u64; ct.len()];
+        self.bootstrap_shifted(scratch, sign_lut, &mut bit);
+        // The bootstrap returned -/+ Delta/2 for bit 0/1; subtract bit * Delta.
+        for (c, b) in ct.iter_mut().zip(&bit) {
+            *c = c.wrapping_sub(*b);
+        }
+        let body = ct.last_mut().expect("non-empty ciphertext");
+        *body = body.wrapping_sub(delta(held) / 2);
+    }
+
+    /// Constant accumulator returning -Delta_held / 2 (negated on the upper half of the torus).
+    pub fn sign_accumulator(&self, held: u32) -> GlweCiphertextOwned<u64> {
+        let half = (delta(held) / 2).wrapping_neg();
+        self.accumulator(0, |_| half)
+    }
+
+    /// Final lookup of a requant: table `table`, output encoded with `output_bits`.
+    pub fn table_accumulator(&self, table: &[i64], output_bits: u32) -> GlweCiphertextOwned<u64> {
+        let lut_bits = table.len().trailing_zeros();
+        self.accumulator(lut_bits, |t| {
+            encode(
+                crate::eval::clear::table_output(table, t % (2 * table.len())),
+                output_bits,
+            )
+        })
+    }
+
+    /// Bootstrap a ciphertext holding W bits through `lut` into `out`.
+    pub fn lookup(
+        &self,
+        scratch: &mut Scratch,
+        ct: &[u64],
+        lut: &GlweCiphertextOwned<u64>,
+        out: &mut [u64],
+    ) {
+        scratch.shifted.as_mut().copy_from_slice(ct);
+        self.bootstrap_shifted(scratch, lut, out);
+    }
+
+    fn requant(
+        &self,
+        layer: &Requant,
+        input: Ciphertexts,
+        progress: Option<&ProgressBar>,
+    ) -> Ciphertexts {
+        let size = input.lwe_size().0;
+        let sign_luts: Vec<_> = (0..layer.shift())
+            .map(|step| self.sign_accumulator(layer.acc_bits - step))
+            .collect();
+        let tables: Vec<_> = layer
+            .tables
+            .iter()
+            .map(|t| self.table_accumulator(t, layer.output_encoding_bits))
+            .collect();
+        let per_channel = layer.shape.per_channel();
+        let mut acc = input.into_container();
+        let mut out = vec![0u64; acc.len()];
+        acc.par_chunks_mut(size)
+            .zip(out.par_chunks_mut(size))
+            .enumerate()
+            .for_each_init(
+                || self.scratch(),
+                |scratch, (i, (ct, dst))| {
+                    for (step, lut) in sign_luts.iter().enumerate() {
+                        self.truncation_step(scratch, ct, layer.acc_bits - step as u32, lut);
+                    }
+                    self.lookup(scratch, ct, &tables[i / per_channel], dst);
+                    if let Some(bar) = progress {
+                        bar.inc(layer.pbs_per_activation());
+                    }
+                },
+            );
+        LweCiphertextList::from_container(out, LweSize(size), native())
+    }
+}
+
+/// A leveled layer on ciphertexts: wrapping integer sums, offsets and padding as plaintexts.
+pub fn linear(layer: &Linear, input: &Ciphertexts, encoding_bits: u32) -> Ciphertexts {
+    let size = input.lwe_size().0;
+    let src = input.as_ref();
+    let mut out = vec![0u64; layer.out_shape.len() * size];
+    out.par_chunks_mut(size).enumerate().for_each(|(o, dst)| {
+        let mut constant = layer.offsets[layer.channel_of(o)];
+        layer.for_each_term(o, |idx, w| match idx {
+            Some(i) => {
+                let w = w as u64;
+                for (d, s) in dst.iter_mut().zip(&src[i * size..(i + 1) * size]) {
+                    *d = d.wrapping_add(s.wrapping_mul(w));
+                }
+            }
+            None => constant += w,
+        });
+        dst[size - 1] = dst[size - 1].wrapping_add(encode(constant, encoding_bits));
+    });
+    LweCiphertextList::from_container(out, LweSize(size), native())
+}
+
+/// Run the whole circuit on encrypted inputs; returns the encrypted outputs.
+pub fn run(
+    circuit: &Circuit,
+    key: &EvaluationKey,
+    input: Ciphertexts,
+    progress: Option<&ProgressBar>,
+) -> Ciphertexts {
+    let engine = Engine::new(key);
+    let mut encoding = circuit.input.encoding_bits;
+    let mut x = input;
+    for layer in &circuit.layers {
+        x = match layer {
+            Layer::Linear(l) => linear(l, &x, encoding),
+            Layer::Requant(r) => {
+                encoding = r.output_encoding_bits;
+                engine.requant(r, x, progress)
+            }
+        };
+    }
+    x
+}

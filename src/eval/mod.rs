@@ -1,0 +1,4 @@
+//! Evaluators of the integer circuit: the clear reference and the encrypted one.
+
+pub mod clear;
+pub mod fhe;

@@ -1,0 +1,6 @@
+//! Files: the versioned container every pkn file uses, PNG images, IDX data sets, model lookup.
+
+pub mod container;
+pub mod idx;
+pub mod image;
+pub mod resolve;

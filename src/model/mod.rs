@@ -1,0 +1,132 @@
+//! The float model as trained: a sequence of layers with PyTorch tensor names.
+
+mod load;
+
+pub use load::load_model;
+
+use serde::Deserialize;
+
+/// Architecture description stored as JSON in the safetensors metadata (docs/model-format.md).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Architecture {
+    pub name: String,
+    /// [channels, height, width]
+    pub input: [usize; 3],
+    pub classes: Vec<String>,
+    pub quantization: Quantization,
+    pub layers: Vec<LayerSpec>,
+}
+
+/// Bit widths the model was trained for.
+#[derive(Clone, Copy, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Quantization {
+    pub input_bits: u32,
+    pub weight_bits: u32,
+    pub activation_bits: u32,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
+pub enum LayerSpec {
+    Conv2d {
+        name: String,
+        in_channels: usize,
+        out_channels: usize,
+        kernel: usize,
+        #[serde(default = "one")]
+        stride: usize,
+        #[serde(default)]
+        padding: usize,
+    },
+    Dense {
+        name: String,
+        in_features: usize,
+        out_features: usize,
+    },
+    Pkn {
+        name: String,
+    },
+    BatchNorm {
+        name: String,
+        #[serde(default = "default_eps")]
+        eps: f64,
+    },
+    AvgPool {
+        kernel: usize,
+        #[serde(default)]
+        stride: Option<usize>,
+    },
+    Flatten,
+    /// Residual add of the output of the named earlier layer.
+    Add {
+        from: String,
+    },
+}
+
+fn one() -> usize {
+    1
+}
+
+fn default_eps() -> f64 {
+    1e-5
+}
+
+/// One layer with its weights loaded and checked.
+#[derive(Clone, Debug)]
+pub enum Node {
+    Conv2d {
+        name: String,
+        in_channels: usize,
+        out_channels: usize,
+        kernel: usize,
+        stride: usize,
+        padding: usize,
+        /// [out][in][ky][kx]
+        weight: Vec<f64>,
+        bias: Vec<f64>,
+    },
+    Dense {
+        name: String,
+        in_features: usize,
+        out_features: usize,
+        /// [out][in]
+        weight: Vec<f64>,
+        bias: Vec<f64>,
+    },
+    /// y = ap * (cp + z)^2 (ap = 1 for plain PKN, learnable for R-PKN).
+    Pkn {
+        name: String,
+        cp: f64,
+        ap: f64,
+    },
+    /// Batch norm folded to a per-channel affine map y = scale * x + shift.
+    Affine {
+        name: String,
+        scale: Vec<f64>,
+        shift: Vec<f64>,
+    },
+    AvgPool {
+        kernel: usize,
+        stride: usize,
+    },
+    Flatten,
+    Add {
+        from: String,
+    },
+}
+
+impl Node {
+    /// Whether this node acts element-wise (and so fuses into a lookup table).
+    pub fn is_elementwise(&self) -> bool {
+        matches!(self, Node::Pkn { .. } | Node::Affine { .. })
+    }
+}
+
+/// A loaded model.
+#[derive(Clone, Debug)]
+pub struct Model {
+    pub arch: Architecture,
+    pub nodes: Vec<Node>,
+}

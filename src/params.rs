@@ -1,0 +1,191 @@
+//! TFHE parameter sets and the noise model that proves every bootstrap's failure probability.
+//!
+//! All sets share tfhe's stock `PARAM_MESSAGE_2_CARRY_2_KS_PBS_TUNIFORM_2M128` keys (n = 918,
+//! k = 1, N = 2048, TUniform noise, keyswitch 2^4 x 4), which fixes their security level; they
+//! differ only in the bootstrap decomposition, which trades bootstrap cost for output noise.
+//! Variances are in torus units (the torus is [0, 1)), computed with tfhe's own noise formulas.
+
+use serde::{Deserialize, Serialize};
+use tfhe::core_crypto::commons::noise_formulas::{
+    centered_mean_shifted_modulus_switch::centered_binary_shifted_modulus_switch_additive_variance_impl,
+    lwe_keyswitch::keyswitch_additive_variance_132_bits_security_tuniform_impl,
+    lwe_programmable_bootstrap::pbs_variance_132_bits_security_tuniform_fft_mul_impl,
+};
+
+/// The failure probability every bootstrap must stay under: 2^-64.
+pub const LOG2_PFAIL_LIMIT: f64 = -64.0;
+
+const TORUS: f64 = 18446744073709551616.0; // 2^64
+const FFT_MANTISSA_BITS: f64 = 53.0;
+
+/// One TFHE parameter set (keys and decompositions).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FheParams {
+    pub lwe_dimension: usize,
+    pub glwe_dimension: usize,
+    pub polynomial_size: usize,
+    /// TUniform bound of the small LWE key's encryption noise, as log2 of 64-bit integers.
+    pub lwe_noise_bound_log2: u32,
+    /// TUniform bound of the GLWE (big) key's encryption noise.
+    pub glwe_noise_bound_log2: u32,
+    pub pbs_base_log: usize,
+    pub pbs_level: usize,
+    pub ks_base_log: usize,
+    pub ks_level: usize,
+}
+
+impl FheParams {
+    /// tfhe's stock 2_2 keys with the given bootstrap decomposition.
+    pub const fn stock_2_2_with_pbs(pbs_base_log: usize, pbs_level: usize) -> Self {
+        FheParams {
+            lwe_dimension: 918,
+            glwe_dimension: 1,
+            polynomial_size: 2048,
+            lwe_noise_bound_log2: 45,
+            glwe_noise_bound_log2: 17,
+            pbs_base_log,
+            pbs_level,
+            ks_base_log: 4,
+            ks_level: 4,
+        }
+    }
+
+    /// The sets the compiler chooses from, cheapest first.
+    pub fn candidates() -> [FheParams; 4] {
+        [
+            Self::stock_2_2_with_pbs(23, 1),
+            Self::stock_2_2_with_pbs(15, 2),
+            Self::stock_2_2_with_pbs(12, 3),
+            Self::stock_2_2_with_pbs(10, 4),
+        ]
+    }
+
+    pub fn name(&self) -> String {
+        format!(
+            "n{}-k{}-N{}-pbs2^{}x{}-ks2^{}x{}",
+            self.lwe_dimension,
+            self.glwe_dimension,
+            self.polynomial_size,
+            self.pbs_base_log,
+            self.pbs_level,
+            self.ks_base_log,
+            self.ks_level
+        )
+    }
+
+    /// Dimension of the big LWE key (the GLWE key read as an LWE key), under which every
+    /// activation ciphertext lives.
+    pub fn big_lwe_dimension(&self) -> usize {
+        self.glwe_dimension * self.polynomial_size
+    }
+
+    /// log2 of 2N, the modulus the ciphertext is switched to before blind rotation.
+    pub fn log2_modswitch_modulus(&self) -> usize {
+        (2 * self.polynomial_size).trailing_zeros() as usize
+    }
+
+    /// Cost of one keyswitch + bootstrap relative to the stock 2^23 x 1 decomposition:
+    /// the blind rotation grows linearly with the level count, the keyswitch does not
+    /// (measured split: about 15 % keyswitch, 85 % blind rotation per level; see docs/parameters.md).
+    pub fn relative_pbs_cost(&self) -> f64 {
+        0.15 + 0.85 * self.pbs_level as f64
+    }
+
+    /// Variance of a fresh encryption under the big key (used for the client's input).
+    pub fn fresh_variance(&self) -> f64 {
+        tuniform_variance(self.glwe_noise_bound_log2)
+    }
+
+    /// Output variance of one programmable bootstrap (independent of its input).
+    pub fn pbs_output_variance(&self) -> f64 {
+        pbs_variance_132_bits_security_tuniform_fft_mul_impl(
+            self.lwe_dimension as f64,
+            self.glwe_dimension as f64,
+            self.polynomial_size as f64,
+            2f64.powi(self.pbs_base_log as i32),
+            self.pbs_level as f64,
+            FFT_MANTISSA_BITS,
+            TORUS,
+        )
+    }
+
+    /// Variance the keyswitch (big key -> small key) adds.
+    pub fn keyswitch_variance(&self) -> f64 {
+        keyswitch_additive_variance_132_bits_security_tuniform_impl(
+            self.big_lwe_dimension() as f64,
+            self.lwe_dimension as f64,
+            2f64.powi(self.ks_base_log as i32),
+            self.ks_level as f64,
+            TORUS,
+            TORUS,
+        )
+    }
+
+    /// Variance the centred modulus switch to 2N adds.
+    pub fn modswitch_variance(&self) -> f64 {
+        centered_binary_shifted_modulus_switch_additive_variance_impl(
+            self.lwe_dimension as f64,
+            TORUS,
+            (2 * self.polynomial_size) as f64,
+        )
+    }
+
+    /// The deterministic shift of the centred modulus switch: half a step of 1/(2N).
+    pub fn modswitch_shift(&self) -> f64 {
+        1.0 / (4.0 * self.polynomial_size as f64)
+    }
+
+    /// log2 of the failure probability of one bootstrap whose input phase carries `variance`
+    /// (before keyswitch) and must stay within `half_slot` of its centre.
+    pub fn log2_pfail(&self, variance: f64, half_slot: f64) -> f64 {
+        let sigma = (variance + self.keyswitch_variance() + self.modswitch_variance()).sqrt();
+        log2_gaussian_two_sided_tail((half_slot - self.modswitch_shift()) / sigma)
+    }
+}
+
+/// Variance, in torus units, of TUniform(b): integers uniform in [-2^b, 2^b] over a 2^64 torus.
+fn tuniform_variance(bound_log2: u32) -> f64 {
+    let b = 2f64.powi(bound_log2 as i32);
+    (2.0 * b * b + 1.0) / 6.0 / (TORUS * TORUS)
+}
+
+/// Upper bound on log2 P(|X| > z) for a standard normal X, from the Mills-ratio bound
+/// P(X > z) <= phi(z) / z. Returns 0 (certain failure) for z <= 1.
+pub fn log2_gaussian_two_sided_tail(z: f64) -> f64 {
+    if z <= 1.0 {
+        return 0.0;
+    }
+    let ln_p =
+        std::f64::consts::LN_2 - z * z / 2.0 - (z * (2.0 * std::f64::consts::PI).sqrt()).ln();
+    (ln_p / std::f64::consts::LN_2).min(0.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tail_bound_matches_known_values() {
+        // P(|X| > 9.15) is about 2^-64.
+        let v = log2_gaussian_two_sided_tail(9.15);
+        assert!((-65.0..-63.5).contains(&v), "{v}");
+        assert_eq!(log2_gaussian_two_sided_tail(0.5), 0.0);
+    }
+
+    #[test]
+    fn finer_decompositions_give_less_noise_and_cost_more() {
+        let c = FheParams::candidates();
+        for pair in c.windows(2) {
+            assert!(pair[1].pbs_output_variance() < pair[0].pbs_output_variance());
+            assert!(pair[1].relative_pbs_cost() > pair[0].relative_pbs_cost());
+        }
+    }
+
+    #[test]
+    fn stock_lut_of_four_bits_meets_the_failure_limit() {
+        // A 4-bit table input (half slot 2^-6) fed by one fresh bootstrap output.
+        let p = FheParams::stock_2_2_with_pbs(23, 1);
+        let lp = p.log2_pfail(p.pbs_output_variance(), 2f64.powi(-6));
+        assert!(lp < LOG2_PFAIL_LIMIT, "log2 p-fail {lp}");
+    }
+}
