@@ -92,6 +92,9 @@ pub struct Requant {
     pub output_encoding_bits: u32,
     /// Width of the output activations (unsigned).
     pub output_bits: u32,
+    /// How many of the first truncation steps use the precise bootstrap key (the rest use the
+    /// cheap one); set by the parameter choice. Affects noise only, never the result.
+    pub precise_steps: u32,
 }
 
 impl Requant {
@@ -148,12 +151,10 @@ impl Linear {
                             let wv = w[(ic * kernel + ky) * kernel + kx];
                             let y = (oy * stride + ky) as isize - padding as isize;
                             let x = (ox * stride + kx) as isize - padding as isize;
-                            if y < 0 || x < 0 || y >= ins.height as isize || x >= ins.width as isize
-                            {
+                            if y < 0 || x < 0 || y >= ins.height as isize || x >= ins.width as isize {
                                 term(None, wv * pad_value);
                             } else {
-                                let idx =
-                                    ic * ins.per_channel() + y as usize * ins.width + x as usize;
+                                let idx = ic * ins.per_channel() + y as usize * ins.width + x as usize;
                                 term(Some(idx), wv);
                             }
                         }
@@ -205,14 +206,23 @@ impl Circuit {
         })
     }
 
+    /// Relative cost of the circuit's bootstraps, in units of one stock 2^23 x 1 bootstrap.
+    pub fn relative_cost(&self, params: &FheParams) -> f64 {
+        use crate::params::Bootstrap;
+        self.requants()
+            .map(|r| {
+                let precise = (r.precise_steps + 1) as f64 * params.relative_pbs_cost(Bootstrap::Precise);
+                let cheap = (r.shift() - r.precise_steps) as f64 * params.relative_pbs_cost(Bootstrap::Cheap);
+                r.shape.len() as f64 * (precise + cheap)
+            })
+            .sum()
+    }
+
     /// Total bootstraps, and how many of them are truncation steps.
     pub fn pbs_counts(&self) -> (u64, u64) {
         self.requants().fold((0, 0), |(all, trunc), r| {
             let n = r.shape.len() as u64;
-            (
-                all + n * r.pbs_per_activation(),
-                trunc + n * r.shift() as u64,
-            )
+            (all + n * r.pbs_per_activation(), trunc + n * r.shift() as u64)
         })
     }
 
@@ -220,7 +230,7 @@ impl Circuit {
     pub fn fhe_params(&self) -> crate::Result<FheParams> {
         match self.params {
             Some(p) => Ok(p),
-            None => crate::compile::choose_params(self),
+            None => crate::compile::choose_params(&mut self.clone()),
         }
     }
 

@@ -8,7 +8,7 @@
 use serde::{Deserialize, Serialize};
 use tfhe::core_crypto::prelude::*;
 
-use crate::params::FheParams;
+use crate::params::{Bootstrap, FheParams};
 
 /// Identifier that ties ciphertexts to the key pair they belong to.
 pub type KeyId = [u8; 16];
@@ -28,6 +28,7 @@ pub struct ServerKey {
     pub params: FheParams,
     pub key_id: KeyId,
     bootstrap_key: SeededLweBootstrapKeyOwned<u64>,
+    cheap_bootstrap_key: SeededLweBootstrapKeyOwned<u64>,
     keyswitch_key: SeededLweKeyswitchKeyOwned<u64>,
 }
 
@@ -36,7 +37,17 @@ pub struct EvaluationKey {
     pub params: FheParams,
     pub key_id: KeyId,
     pub bootstrap_key: FourierLweBootstrapKeyOwned,
+    pub cheap_bootstrap_key: FourierLweBootstrapKeyOwned,
     pub keyswitch_key: LweKeyswitchKeyOwned<u64>,
+}
+
+impl EvaluationKey {
+    pub fn bootstrap_key(&self, which: Bootstrap) -> &FourierLweBootstrapKeyOwned {
+        match which {
+            Bootstrap::Precise => &self.bootstrap_key,
+            Bootstrap::Cheap => &self.cheap_bootstrap_key,
+        }
+    }
 }
 
 /// Encoding `Delta = 2^(63 - bits)`: `bits` of message plus one padding bit.
@@ -71,24 +82,26 @@ impl ClientKey {
         let mut seeder = new_seeder();
         let seeder = seeder.as_mut();
         let mut secret_gen = SecretRandomGenerator::<DefaultRandomGenerator>::new(seeder.seed());
-        let small_key = allocate_and_generate_new_binary_lwe_secret_key(
-            LweDimension(params.lwe_dimension),
-            &mut secret_gen,
-        );
+        let small_key =
+            allocate_and_generate_new_binary_lwe_secret_key(LweDimension(params.lwe_dimension), &mut secret_gen);
         let glwe_key = allocate_and_generate_new_binary_glwe_secret_key(
             GlweDimension(params.glwe_dimension),
             PolynomialSize(params.polynomial_size),
             &mut secret_gen,
         );
-        let bootstrap_key = par_allocate_and_generate_new_seeded_lwe_bootstrap_key(
-            &small_key,
-            &glwe_key,
-            DecompositionBaseLog(params.pbs_base_log),
-            DecompositionLevelCount(params.pbs_level),
-            DynamicDistribution::<u64>::new_t_uniform(params.glwe_noise_bound_log2),
-            native(),
-            seeder,
-        );
+        let mut bootstrap_key = |which| {
+            let (base_log, level) = params.decomposition(which);
+            par_allocate_and_generate_new_seeded_lwe_bootstrap_key(
+                &small_key,
+                &glwe_key,
+                DecompositionBaseLog(base_log),
+                DecompositionLevelCount(level),
+                DynamicDistribution::<u64>::new_t_uniform(params.glwe_noise_bound_log2),
+                native(),
+                &mut *seeder,
+            )
+        };
+        let (bootstrap_key, cheap_bootstrap_key) = (bootstrap_key(Bootstrap::Precise), bootstrap_key(Bootstrap::Cheap));
         let keyswitch_key = allocate_and_generate_new_seeded_lwe_keyswitch_key(
             &glwe_key.as_lwe_secret_key(),
             &small_key,
@@ -110,6 +123,7 @@ impl ClientKey {
                 params,
                 key_id,
                 bootstrap_key,
+                cheap_bootstrap_key,
                 keyswitch_key,
             },
         )
@@ -121,9 +135,7 @@ impl ClientKey {
         let mut seeder = new_seeder();
         let seeder = seeder.as_mut();
         let big_key = self.glwe_key.as_lwe_secret_key();
-        let plaintexts = PlaintextList::from_container(
-            values.iter().map(|&v| encode(v, bits)).collect::<Vec<_>>(),
-        );
+        let plaintexts = PlaintextList::from_container(values.iter().map(|&v| encode(v, bits)).collect::<Vec<_>>());
         let mut list = SeededLweCiphertextList::new(
             0u64,
             big_key.lwe_dimension().to_lwe_size(),
@@ -149,32 +161,34 @@ impl ClientKey {
 
     /// Decrypt big-key ciphertexts encoded with `Delta = 2^(63 - bits)`.
     pub fn decrypt(&self, cts: &LweCiphertextListOwned<u64>, bits: u32) -> Vec<i64> {
-        cts.iter()
-            .map(|ct| decode(self.phase(ct.as_ref()), bits))
-            .collect()
+        cts.iter().map(|ct| decode(self.phase(ct.as_ref()), bits)).collect()
     }
 }
 
 impl ServerKey {
     /// Decompress and convert to the Fourier domain, once per run.
     pub fn expand(self) -> EvaluationKey {
-        let params = self.params;
-        let standard = self.bootstrap_key.par_decompress_into_lwe_bootstrap_key();
-        let mut bootstrap_key = FourierLweBootstrapKeyOwned::new(
-            standard.input_lwe_dimension(),
-            standard.glwe_size(),
-            standard.polynomial_size(),
-            standard.decomposition_base_log(),
-            standard.decomposition_level_count(),
-        );
-        par_convert_standard_lwe_bootstrap_key_to_fourier(&standard, &mut bootstrap_key);
         EvaluationKey {
-            params,
+            params: self.params,
             key_id: self.key_id,
-            bootstrap_key,
+            bootstrap_key: to_fourier(self.bootstrap_key),
+            cheap_bootstrap_key: to_fourier(self.cheap_bootstrap_key),
             keyswitch_key: self.keyswitch_key.par_decompress_into_lwe_keyswitch_key(),
         }
     }
+}
+
+fn to_fourier(seeded: SeededLweBootstrapKeyOwned<u64>) -> FourierLweBootstrapKeyOwned {
+    let standard = seeded.par_decompress_into_lwe_bootstrap_key();
+    let mut fourier = FourierLweBootstrapKeyOwned::new(
+        standard.input_lwe_dimension(),
+        standard.glwe_size(),
+        standard.polynomial_size(),
+        standard.decomposition_base_log(),
+        standard.decomposition_level_count(),
+    );
+    par_convert_standard_lwe_bootstrap_key_to_fourier(&standard, &mut fourier);
+    fourier
 }
 
 #[cfg(test)]

@@ -3,6 +3,9 @@
 //! All sets share tfhe's stock `PARAM_MESSAGE_2_CARRY_2_KS_PBS_TUNIFORM_2M128` keys (n = 918,
 //! k = 1, N = 2048, TUniform noise, keyswitch 2^4 x 4), which fixes their security level; they
 //! differ only in the bootstrap decomposition, which trades bootstrap cost for output noise.
+//! Every set carries two bootstrap keys over the same secret keys: a precise one (the set's own
+//! decomposition) for the tables, and tfhe's stock 2^23 x 1 one for the truncation steps whose
+//! successors tolerate its noisier output.
 //! Variances are in torus units (the torus is [0, 1)), computed with tfhe's own noise formulas.
 
 use serde::{Deserialize, Serialize};
@@ -32,6 +35,16 @@ pub struct FheParams {
     pub pbs_level: usize,
     pub ks_base_log: usize,
     pub ks_level: usize,
+    /// Decomposition of the cheap bootstrap key used by truncation steps.
+    pub cheap_pbs_base_log: usize,
+    pub cheap_pbs_level: usize,
+}
+
+/// Which of the two bootstrap keys a bootstrap uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Bootstrap {
+    Precise,
+    Cheap,
 }
 
 impl FheParams {
@@ -47,6 +60,8 @@ impl FheParams {
             pbs_level,
             ks_base_log: 4,
             ks_level: 4,
+            cheap_pbs_base_log: 23,
+            cheap_pbs_level: 1,
         }
     }
 
@@ -62,15 +77,25 @@ impl FheParams {
 
     pub fn name(&self) -> String {
         format!(
-            "n{}-k{}-N{}-pbs2^{}x{}-ks2^{}x{}",
+            "n{}-k{}-N{}-pbs2^{}x{}+2^{}x{}-ks2^{}x{}",
             self.lwe_dimension,
             self.glwe_dimension,
             self.polynomial_size,
             self.pbs_base_log,
             self.pbs_level,
+            self.cheap_pbs_base_log,
+            self.cheap_pbs_level,
             self.ks_base_log,
             self.ks_level
         )
+    }
+
+    /// Decomposition (base log, level count) of a bootstrap key.
+    pub fn decomposition(&self, which: Bootstrap) -> (usize, usize) {
+        match which {
+            Bootstrap::Precise => (self.pbs_base_log, self.pbs_level),
+            Bootstrap::Cheap => (self.cheap_pbs_base_log, self.cheap_pbs_level),
+        }
     }
 
     /// Dimension of the big LWE key (the GLWE key read as an LWE key), under which every
@@ -87,8 +112,8 @@ impl FheParams {
     /// Cost of one keyswitch + bootstrap relative to the stock 2^23 x 1 decomposition:
     /// the blind rotation grows linearly with the level count, the keyswitch does not
     /// (measured split: about 15 % keyswitch, 85 % blind rotation per level; see docs/parameters.md).
-    pub fn relative_pbs_cost(&self) -> f64 {
-        0.15 + 0.85 * self.pbs_level as f64
+    pub fn relative_pbs_cost(&self, which: Bootstrap) -> f64 {
+        0.15 + 0.85 * self.decomposition(which).1 as f64
     }
 
     /// Variance of a fresh encryption under the big key (used for the client's input).
@@ -97,13 +122,14 @@ impl FheParams {
     }
 
     /// Output variance of one programmable bootstrap (independent of its input).
-    pub fn pbs_output_variance(&self) -> f64 {
+    pub fn pbs_output_variance(&self, which: Bootstrap) -> f64 {
+        let (base_log, level) = self.decomposition(which);
         pbs_variance_132_bits_security_tuniform_fft_mul_impl(
             self.lwe_dimension as f64,
             self.glwe_dimension as f64,
             self.polynomial_size as f64,
-            2f64.powi(self.pbs_base_log as i32),
-            self.pbs_level as f64,
+            2f64.powi(base_log as i32),
+            level as f64,
             FFT_MANTISSA_BITS,
             TORUS,
         )
@@ -155,8 +181,7 @@ pub fn log2_gaussian_two_sided_tail(z: f64) -> f64 {
     if z <= 1.0 {
         return 0.0;
     }
-    let ln_p =
-        std::f64::consts::LN_2 - z * z / 2.0 - (z * (2.0 * std::f64::consts::PI).sqrt()).ln();
+    let ln_p = std::f64::consts::LN_2 - z * z / 2.0 - (z * (2.0 * std::f64::consts::PI).sqrt()).ln();
     (ln_p / std::f64::consts::LN_2).min(0.0)
 }
 
@@ -176,8 +201,9 @@ mod tests {
     fn finer_decompositions_give_less_noise_and_cost_more() {
         let c = FheParams::candidates();
         for pair in c.windows(2) {
-            assert!(pair[1].pbs_output_variance() < pair[0].pbs_output_variance());
-            assert!(pair[1].relative_pbs_cost() > pair[0].relative_pbs_cost());
+            let p = Bootstrap::Precise;
+            assert!(pair[1].pbs_output_variance(p) < pair[0].pbs_output_variance(p));
+            assert!(pair[1].relative_pbs_cost(p) > pair[0].relative_pbs_cost(p));
         }
     }
 
@@ -185,7 +211,7 @@ mod tests {
     fn stock_lut_of_four_bits_meets_the_failure_limit() {
         // A 4-bit table input (half slot 2^-6) fed by one fresh bootstrap output.
         let p = FheParams::stock_2_2_with_pbs(23, 1);
-        let lp = p.log2_pfail(p.pbs_output_variance(), 2f64.powi(-6));
+        let lp = p.log2_pfail(p.pbs_output_variance(Bootstrap::Cheap), 2f64.powi(-6));
         assert!(lp < LOG2_PFAIL_LIMIT, "log2 p-fail {lp}");
     }
 }

@@ -42,21 +42,13 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     if let Some(image) = &a.clear {
         let s = circuit.input.shape;
         let pixels = load_gray_png(image, s.width, s.height)?;
-        let scores = clear::run(
-            &circuit,
-            &clear::quantize_pixels(&pixels, circuit.input.bits),
-        );
-        println!(
-            "clear integer circuit of {} on {}:",
-            circuit.name,
-            image.display()
-        );
+        let scores = clear::run(&circuit, &clear::quantize_pixels(&pixels, circuit.input.bits));
+        println!("clear integer circuit of {} on {}:", circuit.name, image.display());
         print_prediction(&circuit.output, &scores);
         return Ok(());
     }
     let params = circuit.fhe_params()?;
-    let (input_ids, input): (Ids, EncryptedInput) =
-        container::read(&a.input, Kind::InputCiphertext)?;
+    let (input_ids, input): (Ids, EncryptedInput) = container::read(&a.input, Kind::InputCiphertext)?;
     let model_id = circuit.id();
     if input_ids.model != model_id {
         anyhow::bail!(
@@ -89,9 +81,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     }
     let expected = circuit.input.shape.len();
     let ciphertexts = input.ciphertexts.par_decompress_into_lwe_ciphertext_list();
-    if ciphertexts.lwe_ciphertext_count().0 != expected
-        || ciphertexts.lwe_size().0 != params.big_lwe_dimension() + 1
-    {
+    if ciphertexts.lwe_ciphertext_count().0 != expected || ciphertexts.lwe_size().0 != params.big_lwe_dimension() + 1 {
         anyhow::bail!(
             "{} does not hold {expected} ciphertexts of this key's size",
             a.input.display()

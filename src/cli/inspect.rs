@@ -1,8 +1,8 @@
 use super::ModelArgs;
 use crate::circuit::{Layer, LinearOp};
-use crate::compile::noise;
+use crate::compile::{candidates, noise};
 use crate::io::container::hex;
-use crate::params::{FheParams, LOG2_PFAIL_LIMIT};
+use crate::params::LOG2_PFAIL_LIMIT;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -18,19 +18,14 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let c = a.model.circuit()?;
     let params = c.fhe_params()?;
     let report = noise::analyse(&c, &params);
-    println!(
-        "model {} (circuit id {}, format {})",
-        c.name,
-        hex(&c.id()),
-        c.version
-    );
+    println!("model {} (circuit id {}, format {})", c.name, hex(&c.id()), c.version);
     let s = c.input.shape;
     println!(
         "input {}x{}x{}: {}-bit pixels, encoded with B = {}",
         s.channels, s.height, s.width, c.input.bits, c.input.encoding_bits
     );
     println!(
-        "{:<10} {:<28} {:>10} {:>6} {:>5} {:>10} {:>12}",
+        "{:<10} {:<32} {:>10} {:>6} {:>5} {:>10} {:>12}",
         "layer", "operation", "outputs", "B", "W", "PBS", "log2 p-fail"
     );
     let mut noise_iter = report.layers.iter();
@@ -52,14 +47,14 @@ pub fn run(a: Args) -> anyhow::Result<()> {
                     LinearOp::Dense => format!("dense -> {}", l.out_shape.channels),
                     LinearOp::SumPool { kernel, .. } => format!("sum pool {kernel}x{kernel}"),
                 };
-                println!("{:<10} {:<28} {:>10}", l.name, op, l.out_shape.len());
+                println!("{:<10} {:<32} {:>10}", l.name, op, l.out_shape.len());
             }
             Layer::Requant(r) => {
                 let pfail = noise_iter.next().map_or(0.0, |n| n.log2_pfail);
                 println!(
-                    "{:<10} {:<28} {:>10} {:>6} {:>5} {:>10} {:>12.1}",
+                    "{:<10} {:<32} {:>10} {:>6} {:>5} {:>10} {:>12.1}",
                     r.name,
-                    format!("truncate {} bits + table", r.shift()),
+                    format!("truncate {} bits ({} precise) + table", r.shift(), r.precise_steps),
                     r.shape.len(),
                     r.acc_bits,
                     r.lut_bits,
@@ -85,19 +80,16 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         params.name(),
         report.worst_log2_pfail()
     );
-    for candidate in FheParams::candidates() {
-        let worst = noise::analyse(&c, &candidate).worst_log2_pfail();
-        let verdict = if worst <= LOG2_PFAIL_LIMIT {
-            "meets"
-        } else {
-            "fails"
-        };
+    for candidate in candidates(&c) {
+        let worst = candidate.report.worst_log2_pfail();
+        let verdict = if worst <= LOG2_PFAIL_LIMIT { "meets" } else { "fails" };
         println!(
-            "  candidate {}: worst log2 p-fail {worst:.1}, {verdict} the limit",
-            candidate.name()
+            "  candidate {}: worst log2 p-fail {worst:.1} ({verdict} the limit), cost {:.0} stock bootstraps",
+            candidate.params.name(),
+            candidate.cost
         );
     }
-    let secs = pbs as f64 * MS_PER_STOCK_PBS_2_THREADS * params.relative_pbs_cost() / 1000.0;
+    let secs = c.relative_cost(&params) * MS_PER_STOCK_PBS_2_THREADS / 1000.0;
     println!("estimated encrypted inference on 2 cores: {secs:.0} s (estimate from the cost model, not a measurement)");
     Ok(())
 }

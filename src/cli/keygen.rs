@@ -26,11 +26,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let circuit = a.model.circuit()?;
     let params = circuit.fhe_params()?;
     let bar = indicatif::ProgressBar::new_spinner();
-    bar.set_message(format!(
-        "generating keys for {} ({})",
-        circuit.name,
-        params.name()
-    ));
+    bar.set_message(format!("generating keys for {} ({})", circuit.name, params.name()));
     bar.enable_steady_tick(std::time::Duration::from_millis(200));
     let start = Instant::now();
     let (client, server) = ClientKey::generate(params);
@@ -41,8 +37,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     container::write(&a.server_key, Kind::ServerKey, ids, &server, false)?;
     container::write(&a.client_key, Kind::ClientKey, ids, &client, true)?;
     bar.finish_and_clear();
-    let size =
-        |p: &PathBuf| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0) as f64 / (1 << 20) as f64;
+    let size = |p: &PathBuf| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0) as f64 / (1 << 20) as f64;
     println!(
         "keys {} for {} in {:.1} s: {} ({:.1} MiB, secret, mode 0600), {} ({:.1} MiB)",
         container::hex(&client.key_id),

@@ -84,9 +84,7 @@ impl ModelArgs {
             window: if self.worst_case {
                 WindowMode::WorstCase
             } else {
-                WindowMode::Calibrated {
-                    margin: self.margin,
-                }
+                WindowMode::Calibrated { margin: self.margin }
             },
             lut_bits: self.lut_bits,
         })
@@ -110,27 +108,18 @@ pub fn print_prediction(output: &OutputSpec, scores: &[i64]) {
     let best = crate::eval::clear::argmax(scores);
     let name = output.classes.get(best).map_or("?", String::as_str);
     println!("prediction: {name} (class {best})");
-    println!(
-        "scores (integer output, logit = integer x {:.3e}):",
-        output.scale
-    );
+    println!("scores (integer output, logit = integer x {:.3e}):", output.scale);
     for (i, s) in scores.iter().enumerate() {
         let class = output.classes.get(i).map_or("?", String::as_str);
         let mark = if i == best { " <" } else { "" };
-        println!(
-            "  {class:<12} {s:>8}  {:>8.3}{mark}",
-            *s as f64 * output.scale
-        );
+        println!("  {class:<12} {s:>8}  {:>8.3}{mark}", *s as f64 * output.scale);
     }
 }
 
 /// Refuse to replace an existing file unless `force`.
 pub fn check_overwrite(path: &Path, force: bool) -> anyhow::Result<()> {
     if path.exists() && !force {
-        anyhow::bail!(
-            "{} already exists; pass --force to replace it",
-            path.display()
-        );
+        anyhow::bail!("{} already exists; pass --force to replace it", path.display());
     }
     Ok(())
 }

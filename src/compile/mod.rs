@@ -15,8 +15,7 @@ pub mod noise;
 mod quantize;
 
 use crate::circuit::{
-    window_output, Circuit, InputSpec, Layer, Linear, LinearOp, OutputSpec, Requant, Shape,
-    CIRCUIT_VERSION,
+    window_output, Circuit, InputSpec, Layer, Linear, LinearOp, OutputSpec, Requant, Shape, CIRCUIT_VERSION,
 };
 use crate::error::{Error, Result};
 use crate::eval::clear;
@@ -67,11 +66,7 @@ struct State {
     zero_point: i64,
 }
 
-pub fn compile(
-    model: &Model,
-    calibration: &[Vec<u8>],
-    options: &CompileOptions,
-) -> Result<Circuit> {
+pub fn compile(model: &Model, calibration: &[Vec<u8>], options: &CompileOptions) -> Result<Circuit> {
     if calibration.is_empty() {
         return Err(Error::Compile("no calibration images".into()));
     }
@@ -145,10 +140,7 @@ pub fn compile(
                 )))
             }
             Node::Conv2d { .. } | Node::Dense { .. } => {
-                let chain_len = model.nodes[i..]
-                    .iter()
-                    .take_while(|n| n.is_elementwise())
-                    .count();
+                let chain_len = model.nodes[i..].iter().take_while(|n| n.is_elementwise()).count();
                 let chain = Chain::new(&model.nodes[i..i + chain_len]);
                 i += chain_len;
                 let is_last = !model.nodes[i..]
@@ -172,17 +164,15 @@ pub fn compile(
                             chain.channels().unwrap_or(0)
                         )));
                     }
-                    let (linear, requant) =
-                        requantize(lin, chain, &mut state, q.activation_bits, options)?;
+                    let (linear, requant) = requantize(lin, chain, &mut state, q.activation_bits, options)?;
                     layers.push(Layer::Linear(linear));
                     layers.push(Layer::Requant(requant));
                 }
             }
         }
     }
-    let (out_layer, output_spec) = output.ok_or_else(|| {
-        Error::Compile("the model has no output layer (a dense or conv without activation)".into())
-    })?;
+    let (out_layer, output_spec) = output
+        .ok_or_else(|| Error::Compile("the model has no output layer (a dense or conv without activation)".into()))?;
     layers.push(Layer::Linear(out_layer));
     if output_spec.classes.len() != layers_output_len(&layers) {
         return Err(Error::Compile(format!(
@@ -211,7 +201,7 @@ pub fn compile(
         output: output_spec,
         params: None,
     };
-    circuit.params = choose_params(&circuit).ok();
+    circuit.params = choose_params(&mut circuit).ok();
     Ok(circuit)
 }
 
@@ -235,11 +225,7 @@ fn link_encodings(layers: &mut [Layer], output_bits: u32) {
 }
 
 fn advance(state: &mut State, layer: &Linear) {
-    state.values = state
-        .values
-        .iter()
-        .map(|v| clear::linear(layer, v))
-        .collect();
+    state.values = state.values.iter().map(|v| clear::linear(layer, v)).collect();
     state.shape = layer.out_shape;
 }
 
@@ -328,11 +314,7 @@ fn requantize(
     let shape = layer.out_shape;
     let worst = worst_case(layer, state.bounds);
     let per_channel = shape.per_channel();
-    let raw_accs: Vec<Vec<i64>> = state
-        .values
-        .iter()
-        .map(|v| clear::linear(layer, v))
-        .collect();
+    let raw_accs: Vec<Vec<i64>> = state.values.iter().map(|v| clear::linear(layer, v)).collect();
     let calibrated: Vec<Bounds> = (0..shape.channels)
         .map(|c| {
             let mut b = Bounds {
@@ -348,11 +330,7 @@ fn requantize(
             b
         })
         .collect();
-    let worst_bits = worst
-        .iter()
-        .map(|b| bits_for(b.hi - b.lo + 1))
-        .max()
-        .unwrap_or(1);
+    let worst_bits = worst.iter().map(|b| bits_for(b.hi - b.lo + 1)).max().unwrap_or(1);
     // The width each channel's window must hold, and the bits of the widest.
     let margin = match options.window {
         WindowMode::Calibrated { margin } => Some(margin),
@@ -400,11 +378,7 @@ fn requantize(
             hi: windows[c].hi * gain,
         };
     }
-    let accs: Vec<Vec<i64>> = state
-        .values
-        .iter()
-        .map(|v| clear::linear(layer, v))
-        .collect();
+    let accs: Vec<Vec<i64>> = state.values.iter().map(|v| clear::linear(layer, v)).collect();
     // Centre each channel's window in [0, 2^B).
     layer.offsets = windows
         .iter()
@@ -412,12 +386,7 @@ fn requantize(
         .collect();
     let shift = acc_bits - options.lut_bits;
     // Activation quantization from the float values the calibration accumulators stand for.
-    let float_of = |c: usize, acc: f64| {
-        chain.apply(
-            c,
-            lin.weight_scale[c] * (acc - lin.zero_term[c]) + lin.bias[c],
-        )
-    };
+    let float_of = |c: usize, acc: f64| chain.apply(c, lin.weight_scale[c] * (acc - lin.zero_term[c]) + lin.bias[c]);
     let mut y_lo = f64::INFINITY;
     let mut y_hi = f64::NEG_INFINITY;
     for acc in &accs {
@@ -433,8 +402,7 @@ fn requantize(
             (0..1i64 << options.lut_bits)
                 .map(|t| {
                     // Centre of the bin of accumulator values that index t.
-                    let centre = (t << shift) as f64 + ((1i64 << shift) - 1) as f64 / 2.0
-                        - layer.offsets[c] as f64;
+                    let centre = (t << shift) as f64 + ((1i64 << shift) - 1) as f64 / 2.0 - layer.offsets[c] as f64;
                     act.quantize(float_of(c, centre))
                 })
                 .collect()
@@ -448,6 +416,7 @@ fn requantize(
         tables,
         output_encoding_bits: 0,
         output_bits: act_bits,
+        precise_steps: 0,
     };
     let linear = lin.layer;
     state.values = state
@@ -466,11 +435,7 @@ fn requantize(
 }
 
 /// The last layer: its accumulators are the outputs, decrypted directly (no bootstrap).
-fn output_layer(
-    mut lin: QuantizedLinear,
-    state: &State,
-    classes: &[String],
-) -> Result<(Linear, OutputSpec)> {
+fn output_layer(mut lin: QuantizedLinear, state: &State, classes: &[String]) -> Result<(Linear, OutputSpec)> {
     let scale = lin.weight_scale[0];
     lin.layer.offsets = (0..lin.layer.out_shape.channels)
         .map(|c| (lin.bias[c] / scale).round() as i64 - lin.zero_term[c].round() as i64)
@@ -480,11 +445,7 @@ fn output_layer(
         b.lo += off;
         b.hi += off;
     }
-    let max_abs = worst
-        .iter()
-        .map(|b| b.lo.abs().max(b.hi.abs()))
-        .max()
-        .unwrap_or(0);
+    let max_abs = worst.iter().map(|b| b.lo.abs().max(b.hi.abs())).max().unwrap_or(0);
     let bits = bits_for(max_abs + 1);
     Ok((
         lin.layer,
@@ -496,16 +457,47 @@ fn output_layer(
     ))
 }
 
-/// The cheapest parameter set under which every bootstrap of the circuit meets the limit.
-pub fn choose_params(circuit: &Circuit) -> Result<FheParams> {
-    let mut best_failure = None;
-    for params in FheParams::candidates() {
-        let report = noise::analyse(circuit, &params);
-        if report.worst_log2_pfail() <= LOG2_PFAIL_LIMIT {
-            return Ok(params);
-        }
-        best_failure = Some(report);
+/// One candidate parameter set judged on a circuit.
+pub struct Candidate {
+    pub params: FheParams,
+    /// Noise with the truncation steps planned for this set.
+    pub report: noise::NoiseReport,
+    /// Relative cost in stock bootstraps.
+    pub cost: f64,
+    plan: Vec<(usize, u32)>,
+}
+
+/// Every candidate set, each with its own plan of precise truncation steps.
+pub fn candidates(circuit: &Circuit) -> Vec<Candidate> {
+    FheParams::candidates()
+        .into_iter()
+        .map(|params| {
+            let mut trial = circuit.clone();
+            let plan = noise::plan_precise_steps(&trial, &params);
+            apply_plan(&mut trial, &plan);
+            Candidate {
+                params,
+                report: noise::analyse(&trial, &params),
+                cost: trial.relative_cost(&params),
+                plan,
+            }
+        })
+        .collect()
+}
+
+/// The cheapest parameter set under which every bootstrap of the circuit meets the limit, with
+/// the truncation steps that need the precise key marked in the circuit.
+pub fn choose_params(circuit: &mut Circuit) -> Result<FheParams> {
+    let all = candidates(circuit);
+    if let Some(best) = all
+        .iter()
+        .filter(|c| c.report.worst_log2_pfail() <= LOG2_PFAIL_LIMIT)
+        .min_by(|a, b| a.cost.total_cmp(&b.cost))
+    {
+        apply_plan(circuit, &best.plan);
+        return Ok(best.params);
     }
+    let best_failure = all.into_iter().last().map(|c| c.report);
     let report = best_failure.expect("there is at least one candidate");
     let worst = report.worst();
     Err(Error::Compile(format!(
@@ -514,4 +506,12 @@ pub fn choose_params(circuit: &Circuit) -> Result<FheParams> {
          use fewer weight or activation bits or a narrower window",
         worst.name, worst.acc_bits, worst.lut_bits, worst.log2_pfail
     )))
+}
+
+fn apply_plan(circuit: &mut Circuit, plan: &[(usize, u32)]) {
+    for &(i, k) in plan {
+        if let Layer::Requant(r) = &mut circuit.layers[i] {
+            r.precise_steps = k;
+        }
+    }
 }

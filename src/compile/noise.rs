@@ -3,11 +3,11 @@
 //! Variances are propagated as the largest over the elements of a tensor (an upper bound): a
 //! linear output has variance sum(w^2) * var(in); a truncation step on `L` held bits amplifies the
 //! ciphertext noise by 2^L before its sign bootstrap, whose input must stay within 1/4 of its
-//! centre; the final table reads W bits, half a slot being 2^-(W + 2); decryption of the outputs
-//! needs the noise within half a step of their encoding.
+//! centre; each step adds its bootstrap's output noise to the ciphertext; the final table reads W
+//! bits, half a slot being 2^-(W + 2); decrypting an output needs its noise within half a step.
 
-use crate::circuit::{Circuit, Layer};
-use crate::params::{log2_gaussian_two_sided_tail, FheParams};
+use crate::circuit::{Circuit, Layer, Requant};
+use crate::params::{log2_gaussian_two_sided_tail, Bootstrap, FheParams, LOG2_PFAIL_LIMIT};
 
 /// The worst bootstrap of one table layer.
 #[derive(Clone, Debug)]
@@ -48,11 +48,28 @@ impl NoiseReport {
     }
 }
 
-pub fn analyse(circuit: &Circuit, params: &FheParams) -> NoiseReport {
-    let pbs_var = params.pbs_output_variance();
+/// Worst log2 p-fail among the bootstraps of one requant whose accumulators carry `var`,
+/// when its first `precise_steps` truncation steps use the precise key.
+pub fn requant_log2_pfail(r: &Requant, var: f64, params: &FheParams, precise_steps: u32) -> f64 {
+    let mut var = var;
+    let mut worst = f64::NEG_INFINITY;
+    for step in 0..r.shift() {
+        let held = r.acc_bits - step;
+        worst = worst.max(params.log2_pfail(var * 4f64.powi(held as i32), 0.25));
+        let key = if step < precise_steps {
+            Bootstrap::Precise
+        } else {
+            Bootstrap::Cheap
+        };
+        var += params.pbs_output_variance(key);
+    }
+    worst.max(params.log2_pfail(var, 2f64.powi(-(r.lut_bits as i32 + 2))))
+}
+
+/// Visit every requant with the variance of its accumulators; returns the output variance.
+fn walk(circuit: &Circuit, params: &FheParams, mut visit: impl FnMut(usize, &Requant, f64)) -> f64 {
     let mut var = params.fresh_variance();
-    let mut layers = Vec::new();
-    for layer in &circuit.layers {
+    for (i, layer) in circuit.layers.iter().enumerate() {
         match layer {
             Layer::Linear(l) => {
                 let mut worst = 0f64;
@@ -68,28 +85,40 @@ pub fn analyse(circuit: &Circuit, params: &FheParams) -> NoiseReport {
                 var *= worst;
             }
             Layer::Requant(r) => {
-                let mut log2_pfail = f64::NEG_INFINITY;
-                for step in 0..r.shift() {
-                    let held = r.acc_bits - step;
-                    let v = (var + step as f64 * pbs_var) * 4f64.powi(held as i32);
-                    log2_pfail = log2_pfail.max(params.log2_pfail(v, 0.25));
-                }
-                let v = var + r.shift() as f64 * pbs_var;
-                log2_pfail =
-                    log2_pfail.max(params.log2_pfail(v, 2f64.powi(-(r.lut_bits as i32 + 2))));
-                layers.push(LayerNoise {
-                    name: r.name.clone(),
-                    acc_bits: r.acc_bits,
-                    lut_bits: r.lut_bits,
-                    log2_pfail,
-                });
-                var = pbs_var;
+                visit(i, r, var);
+                var = params.pbs_output_variance(Bootstrap::Precise);
             }
         }
     }
+    var
+}
+
+pub fn analyse(circuit: &Circuit, params: &FheParams) -> NoiseReport {
+    let mut layers = Vec::new();
+    let out_var = walk(circuit, params, |_, r, var| {
+        layers.push(LayerNoise {
+            name: r.name.clone(),
+            acc_bits: r.acc_bits,
+            lut_bits: r.lut_bits,
+            log2_pfail: requant_log2_pfail(r, var, params, r.precise_steps),
+        })
+    });
     let half_step = 2f64.powi(-(circuit.output.bits as i32 + 2));
     NoiseReport {
         layers,
-        output_log2_pfail: log2_gaussian_two_sided_tail(half_step / var.sqrt()),
+        output_log2_pfail: log2_gaussian_two_sided_tail(half_step / out_var.sqrt()),
     }
+}
+
+/// For each requant, the fewest precise truncation steps that keep every bootstrap under the
+/// limit (all steps precise if nothing does).
+pub fn plan_precise_steps(circuit: &Circuit, params: &FheParams) -> Vec<(usize, u32)> {
+    let mut plan = Vec::new();
+    walk(circuit, params, |i, r, var| {
+        let k = (0..=r.shift())
+            .find(|&k| requant_log2_pfail(r, var, params, k) <= LOG2_PFAIL_LIMIT)
+            .unwrap_or(r.shift());
+        plan.push((i, k));
+    });
+    plan
 }

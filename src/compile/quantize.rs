@@ -7,12 +7,7 @@ use crate::model::Node;
 
 /// Symmetric weight quantization: q = clamp(round(w / s), -(2^(b-1) - 1), 2^(b-1) - 1) with
 /// s = max|w| / (2^(b-1) - 1), per output channel (or one scale for the whole tensor).
-fn quantize_rows(
-    weights: &[f64],
-    rows: usize,
-    bits: u32,
-    per_tensor: bool,
-) -> (Vec<i64>, Vec<f64>) {
+fn quantize_rows(weights: &[f64], rows: usize, bits: u32, per_tensor: bool) -> (Vec<i64>, Vec<f64>) {
     let qmax = ((1i64 << (bits - 1)) - 1) as f64;
     let row_len = weights.len() / rows;
     let max_abs = |ws: &[f64]| ws.iter().fold(0f64, |m, w| m.max(w.abs())).max(1e-12);
@@ -24,22 +19,14 @@ fn quantize_rows(
     let q = weights
         .chunks(row_len)
         .zip(&scales)
-        .flat_map(|(row, s)| {
-            row.iter()
-                .map(move |w| (w / s).round().clamp(-qmax, qmax) as i64)
-        })
+        .flat_map(|(row, s)| row.iter().map(move |w| (w / s).round().clamp(-qmax, qmax) as i64))
         .collect();
     (q, scales)
 }
 
 /// Quantize a conv or dense node against the current tensor. `per_tensor` gives every output
 /// the same scale (the output layer, whose raw integers are compared by argmax).
-pub(crate) fn quantize_weights(
-    node: &Node,
-    state: &State,
-    bits: u32,
-    per_tensor: bool,
-) -> Result<QuantizedLinear> {
+pub(crate) fn quantize_weights(node: &Node, state: &State, bits: u32, per_tensor: bool) -> Result<QuantizedLinear> {
     let s = state.shape;
     let (name, op, out_shape, weights, bias) = match node {
         Node::Conv2d {
@@ -141,11 +128,7 @@ impl ActQuant {
         let max = (1i64 << bits) - 1;
         let scale = ((hi - lo) / max as f64).max(1e-12);
         let zero_point = ((-lo / scale).round() as i64).clamp(0, max);
-        ActQuant {
-            scale,
-            zero_point,
-            max,
-        }
+        ActQuant { scale, zero_point, max }
     }
 
     pub fn quantize(&self, y: f64) -> i64 {

@@ -5,10 +5,7 @@ use crate::circuit::{Circuit, Layer, Linear, Requant};
 /// Pixels in [0, 255] to the circuit's input integers: round(p / 255 * (2^bits - 1)).
 pub fn quantize_pixels(pixels: &[u8], bits: u32) -> Vec<i64> {
     let levels = (1i64 << bits) - 1;
-    pixels
-        .iter()
-        .map(|&p| (p as i64 * levels * 2 + 255) / 510)
-        .collect()
+    pixels.iter().map(|&p| (p as i64 * levels * 2 + 255) / 510).collect()
 }
 
 /// A leveled layer: exact weighted sums plus per-channel offsets.
@@ -71,9 +68,7 @@ pub fn run(circuit: &Circuit, input: &[i64]) -> Vec<i64> {
             Layer::Requant(r) => requant(r, &x),
         };
     }
-    x.into_iter()
-        .map(|v| wrap_signed(v, circuit.output.bits))
-        .collect()
+    x.into_iter().map(|v| wrap_signed(v, circuit.output.bits)).collect()
 }
 
 /// Index of the largest output (the predicted class).
@@ -92,10 +87,7 @@ mod tests {
 
     #[test]
     fn pixels_round_to_nearest_level() {
-        assert_eq!(
-            quantize_pixels(&[0, 8, 9, 128, 255], 4),
-            vec![0, 0, 1, 8, 15]
-        );
+        assert_eq!(quantize_pixels(&[0, 8, 9, 128, 255], 4), vec![0, 0, 1, 8, 15]);
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //!
 //! Linear layers are leveled integer sums of ciphertexts. A [`Requant`] first removes the low
 //! `s` bits of each accumulator by exact LSB-first bit extraction (one sign bootstrap per bit;
-//! DESIGN 4b), then bootstraps the remaining W bits through the channel's table. All bootstraps
+//! DESIGN 4b; the first `precise_steps` with the precise key, the rest with the cheap one), then
+//! bootstraps the remaining W bits through the channel's table (precise key). All bootstraps
 //! of a layer run in one rayon batch.
 
 use indicatif::ProgressBar;
@@ -12,6 +13,7 @@ use tfhe::core_crypto::prelude::*;
 
 use crate::circuit::{Circuit, Layer, Linear, Requant};
 use crate::keys::{delta, encode, EvaluationKey};
+use crate::params::Bootstrap;
 
 pub type Ciphertexts = LweCiphertextListOwned<u64>;
 
@@ -69,12 +71,7 @@ impl<'k> Engine<'k> {
         let n = p.polynomial_size;
         let boxes = 1usize << bits;
         let box_size = n / boxes;
-        let mut acc = GlweCiphertext::new(
-            0,
-            GlweSize(p.glwe_dimension + 1),
-            PolynomialSize(n),
-            native(),
-        );
+        let mut acc = GlweCiphertext::new(0, GlweSize(p.glwe_dimension + 1), PolynomialSize(n), native());
         for (j, coef) in acc.get_mut_body().as_mut().iter_mut().enumerate() {
             *coef = value((j + box_size / 2) / box_size);
         }
@@ -88,22 +85,17 @@ impl<'k> Engine<'k> {
         scratch: &mut Scratch,
         lut: &GlweCiphertextOwned<u64>,
         out: &mut [u64],
+        which: Bootstrap,
     ) {
-        keyswitch_lwe_ciphertext(
-            &self.key.keyswitch_key,
-            &scratch.shifted,
-            &mut scratch.small,
-        );
+        keyswitch_lwe_ciphertext(&self.key.keyswitch_key, &scratch.shifted, &mut scratch.small);
         let log_modulus = CiphertextModulusLog(self.key.params.log2_modswitch_modulus());
-        let switched = lwe_ciphertext_centered_binary_modulus_switch::<u64, usize, _>(
-            scratch.small.as_view(),
-            log_modulus,
-        );
+        let switched =
+            lwe_ciphertext_centered_binary_modulus_switch::<u64, usize, _>(scratch.small.as_view(), log_modulus);
         scratch.rotated.as_mut().copy_from_slice(lut.as_ref());
         blind_rotate_assign_mem_optimized(
             &switched,
             &mut scratch.rotated,
-            &self.key.bootstrap_key,
+            self.key.bootstrap_key(which),
             self.fft(),
             scratch.buffers.stack(),
         );
@@ -119,19 +111,16 @@ impl<'k> Engine<'k> {
         ct: &mut [u64],
         held: u32,
         sign_lut: &GlweCiphertextOwned<u64>,
+        which: Bootstrap,
     ) {
         // Move the lowest bit to the top and centre it: phase 1/4 for bit 0, 3/4 for bit 1.
         for (d, s) in scratch.shifted.as_mut().iter_mut().zip(ct.iter()) {
             *d = s << held;
         }
-        let body = scratch
-            .shifted
-            .as_mut()
-            .last_mut()
-            .expect("non-empty ciphertext");
+        let body = scratch.shifted.as_mut().last_mut().expect("non-empty ciphertext");
         *body = body.wrapping_add(1 << 62);
         let mut bit = vec![0u64; ct.len()];
-        self.bootstrap_shifted(scratch, sign_lut, &mut bit);
+        self.bootstrap_shifted(scratch, sign_lut, &mut bit, which);
         // The bootstrap returned -/+ Delta/2 for bit 0/1; subtract bit * Delta.
         for (c, b) in ct.iter_mut().zip(&bit) {
             *c = c.wrapping_sub(*b);
@@ -158,23 +147,12 @@ impl<'k> Engine<'k> {
     }
 
     /// Bootstrap a ciphertext holding W bits through `lut` into `out`.
-    pub fn lookup(
-        &self,
-        scratch: &mut Scratch,
-        ct: &[u64],
-        lut: &GlweCiphertextOwned<u64>,
-        out: &mut [u64],
-    ) {
+    pub fn lookup(&self, scratch: &mut Scratch, ct: &[u64], lut: &GlweCiphertextOwned<u64>, out: &mut [u64]) {
         scratch.shifted.as_mut().copy_from_slice(ct);
-        self.bootstrap_shifted(scratch, lut, out);
+        self.bootstrap_shifted(scratch, lut, out, Bootstrap::Precise);
     }
 
-    fn requant(
-        &self,
-        layer: &Requant,
-        input: Ciphertexts,
-        progress: Option<&ProgressBar>,
-    ) -> Ciphertexts {
+    fn requant(&self, layer: &Requant, input: Ciphertexts, progress: Option<&ProgressBar>) -> Ciphertexts {
         let size = input.lwe_size().0;
         let sign_luts: Vec<_> = (0..layer.shift())
             .map(|step| self.sign_accumulator(layer.acc_bits - step))
@@ -194,7 +172,13 @@ impl<'k> Engine<'k> {
                 || self.scratch(),
                 |scratch, (i, (ct, dst))| {
                     for (step, lut) in sign_luts.iter().enumerate() {
-                        self.truncation_step(scratch, ct, layer.acc_bits - step as u32, lut);
+                        let step = step as u32;
+                        let which = if step < layer.precise_steps {
+                            Bootstrap::Precise
+                        } else {
+                            Bootstrap::Cheap
+                        };
+                        self.truncation_step(scratch, ct, layer.acc_bits - step, lut, which);
                     }
                     self.lookup(scratch, ct, &tables[i / per_channel], dst);
                     if let Some(bar) = progress {
@@ -228,12 +212,7 @@ pub fn linear(layer: &Linear, input: &Ciphertexts, encoding_bits: u32) -> Cipher
 }
 
 /// Run the whole circuit on encrypted inputs; returns the encrypted outputs.
-pub fn run(
-    circuit: &Circuit,
-    key: &EvaluationKey,
-    input: Ciphertexts,
-    progress: Option<&ProgressBar>,
-) -> Ciphertexts {
+pub fn run(circuit: &Circuit, key: &EvaluationKey, input: Ciphertexts, progress: Option<&ProgressBar>) -> Ciphertexts {
     let engine = Engine::new(key);
     let mut encoding = circuit.input.encoding_bits;
     let mut x = input;

@@ -64,15 +64,8 @@ pub fn hex(id: &[u8]) -> String {
 }
 
 /// Serialise `payload` and write it atomically to `path`. `private` files get mode 0600.
-pub fn write<T: Serialize>(
-    path: &Path,
-    kind: Kind,
-    ids: Ids,
-    payload: &T,
-    private: bool,
-) -> Result<()> {
-    let body = bincode::serialize(payload)
-        .map_err(|e| Error::format(path, format!("cannot serialise: {e}")))?;
+pub fn write<T: Serialize>(path: &Path, kind: Kind, ids: Ids, payload: &T, private: bool) -> Result<()> {
+    let body = bincode::serialize(payload).map_err(|e| Error::format(path, format!("cannot serialise: {e}")))?;
     let mut bytes = Vec::with_capacity(HEADER_LEN + body.len());
     bytes.extend_from_slice(MAGIC);
     bytes.push(kind as u8);
@@ -91,14 +84,8 @@ pub fn write_atomic(path: &Path, bytes: &[u8], private: bool) -> Result<()> {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
         _ => std::path::PathBuf::from("."),
     };
-    let name = path
-        .file_name()
-        .ok_or_else(|| Error::format(path, "not a file name"))?;
-    let tmp = dir.join(format!(
-        ".{}.{}.tmp",
-        name.to_string_lossy(),
-        std::process::id()
-    ));
+    let name = path.file_name().ok_or_else(|| Error::format(path, "not a file name"))?;
+    let tmp = dir.join(format!(".{}.{}.tmp", name.to_string_lossy(), std::process::id()));
     let result = (|| {
         let mut options = std::fs::OpenOptions::new();
         options.write(true).create(true).truncate(true);
@@ -172,10 +159,7 @@ fn parse<'a>(path: &Path, bytes: &'a [u8], kind: Kind) -> Result<(Ids, &'a [u8])
         ));
     }
     if Sha256::digest(body).as_slice() != &bytes[47..79] {
-        return Err(Error::format(
-            path,
-            "checksum mismatch: the file is corrupted",
-        ));
+        return Err(Error::format(path, "checksum mismatch: the file is corrupted"));
     }
     Ok((ids, body))
 }
@@ -198,9 +182,7 @@ mod tests {
         write(&p, Kind::InputCiphertext, ids(), &vec![1u64, 2, 3], false).unwrap();
         let (got_ids, v): (Ids, Vec<u64>) = read(&p, Kind::InputCiphertext).unwrap();
         assert_eq!((got_ids, v), (ids(), vec![1, 2, 3]));
-        let err = read::<Vec<u64>>(&p, Kind::ClientKey)
-            .unwrap_err()
-            .to_string();
+        let err = read::<Vec<u64>>(&p, Kind::ClientKey).unwrap_err().to_string();
         assert!(
             err.contains("this is an encrypted input, expected a client (secret) key"),
             "{err}"
@@ -246,9 +228,6 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("k");
         write(&p, Kind::ClientKey, ids(), &1u8, true).unwrap();
-        assert_eq!(
-            std::fs::metadata(&p).unwrap().permissions().mode() & 0o777,
-            0o600
-        );
+        assert_eq!(std::fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o600);
     }
 }

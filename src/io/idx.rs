@@ -34,9 +34,7 @@ pub fn read_idx(path: &Path) -> Result<(Vec<usize>, Vec<u8>)> {
         return Err(err("truncated IDX header".into()));
     }
     let dims: Vec<usize> = (0..ndim)
-        .map(|i| {
-            u32::from_be_bytes(bytes[4 + 4 * i..8 + 4 * i].try_into().expect("4 bytes")) as usize
-        })
+        .map(|i| u32::from_be_bytes(bytes[4 + 4 * i..8 + 4 * i].try_into().expect("4 bytes")) as usize)
         .collect();
     let count = dims.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
     if count != Some(bytes.len() - header) {

@@ -16,9 +16,7 @@ pub fn load_gray_png(path: &Path, width: usize, height: usize) -> Result<Vec<u8>
     let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
     let mut decoder = png::Decoder::new(std::io::BufReader::new(file));
     decoder.set_transformations(png::Transformations::EXPAND | png::Transformations::STRIP_16);
-    let mut reader = decoder
-        .read_info()
-        .map_err(|e| err(format!("not a valid PNG: {e}")))?;
+    let mut reader = decoder.read_info().map_err(|e| err(format!("not a valid PNG: {e}")))?;
     let info = reader.info();
     let (w, h) = (info.width as usize, info.height as usize);
     if (w as u64) * (h as u64) > MAX_PIXELS {
@@ -41,9 +39,7 @@ pub fn load_gray_png(path: &Path, width: usize, height: usize) -> Result<Vec<u8>
         .flat_map(|line| line.chunks(channels).take(w))
         .map(|px| match px.len() {
             1 | 2 => px[0],
-            _ => {
-                ((299 * px[0] as u32 + 587 * px[1] as u32 + 114 * px[2] as u32 + 500) / 1000) as u8
-            }
+            _ => ((299 * px[0] as u32 + 587 * px[1] as u32 + 114 * px[2] as u32 + 500) / 1000) as u8,
         })
         .collect::<Vec<u8>>();
     Ok(pixels)
@@ -56,9 +52,7 @@ pub fn save_gray_png(path: &Path, pixels: &[u8], width: usize, height: usize) ->
         let mut enc = png::Encoder::new(&mut bytes, width as u32, height as u32);
         enc.set_color(png::ColorType::Grayscale);
         enc.set_depth(png::BitDepth::Eight);
-        let mut w = enc
-            .write_header()
-            .map_err(|e| Error::format(path, e.to_string()))?;
+        let mut w = enc.write_header().map_err(|e| Error::format(path, e.to_string()))?;
         w.write_image_data(pixels)
             .map_err(|e| Error::format(path, e.to_string()))?;
     }
@@ -76,10 +70,7 @@ mod tests {
         let px: Vec<u8> = (0..12).map(|i| i * 20).collect();
         save_gray_png(&p, &px, 4, 3).unwrap();
         assert_eq!(load_gray_png(&p, 4, 3).unwrap(), px);
-        assert!(load_gray_png(&p, 28, 28)
-            .unwrap_err()
-            .to_string()
-            .contains("is 4x3"));
+        assert!(load_gray_png(&p, 28, 28).unwrap_err().to_string().contains("is 4x3"));
     }
 
     #[test]

@@ -14,9 +14,7 @@ const MAX_MODEL_BYTES: u64 = 512 << 20;
 pub const MODEL_FORMAT_VERSION: u32 = 1;
 
 pub fn load_model(path: &Path) -> Result<Model> {
-    let len = std::fs::metadata(path)
-        .map_err(|e| Error::io(path, e))?
-        .len();
+    let len = std::fs::metadata(path).map_err(|e| Error::io(path, e))?.len();
     if len > MAX_MODEL_BYTES {
         return Err(Error::format(
             path,
@@ -32,10 +30,8 @@ pub fn load_model(path: &Path) -> Result<Model> {
 
 /// Parse a model from the bytes of a safetensors file.
 pub fn parse_model(bytes: &[u8]) -> Result<Model> {
-    let (_, meta) =
-        SafeTensors::read_metadata(bytes).map_err(|e| Error::Model(format!("safetensors: {e}")))?;
-    let tensors =
-        SafeTensors::deserialize(bytes).map_err(|e| Error::Model(format!("safetensors: {e}")))?;
+    let (_, meta) = SafeTensors::read_metadata(bytes).map_err(|e| Error::Model(format!("safetensors: {e}")))?;
+    let tensors = SafeTensors::deserialize(bytes).map_err(|e| Error::Model(format!("safetensors: {e}")))?;
     let meta = meta.metadata().clone().unwrap_or_default();
     match meta.get("format").map(String::as_str) {
         Some("pkn-model") => {}
@@ -53,8 +49,7 @@ pub fn parse_model(bytes: &[u8]) -> Result<Model> {
     let arch_json = meta
         .get("architecture")
         .ok_or_else(|| Error::Model("metadata lacks architecture".into()))?;
-    let arch: Architecture =
-        serde_json::from_str(arch_json).map_err(|e| Error::Model(format!("architecture: {e}")))?;
+    let arch: Architecture = serde_json::from_str(arch_json).map_err(|e| Error::Model(format!("architecture: {e}")))?;
     check_quantization(&arch)?;
     let reader = TensorReader { tensors: &tensors };
     let nodes = arch
@@ -74,10 +69,7 @@ fn check_quantization(arch: &Architecture) -> Result<()> {
         )));
     }
     if arch.input.iter().any(|&d| d == 0 || d > 4096) {
-        return Err(Error::Model(format!(
-            "input shape {:?} is out of range",
-            arch.input
-        )));
+        return Err(Error::Model(format!("input shape {:?} is out of range", arch.input)));
     }
     Ok(())
 }
@@ -178,9 +170,7 @@ impl TensorReader<'_> {
             LayerSpec::BatchNorm { name, eps } => self.batch_norm(name, *eps)?,
             LayerSpec::AvgPool { kernel, stride } => {
                 if *kernel == 0 || *stride == Some(0) {
-                    return Err(Error::Model(
-                        "avg_pool: kernel and stride must be positive".into(),
-                    ));
+                    return Err(Error::Model("avg_pool: kernel and stride must be positive".into()));
                 }
                 Node::AvgPool {
                     kernel: *kernel,
@@ -215,11 +205,7 @@ impl TensorReader<'_> {
         let beta = self.get(&format!("{name}.bias"), &[n])?;
         let mean = self.get(&format!("{name}.running_mean"), &[n])?;
         let var = self.get(&format!("{name}.running_var"), &[n])?;
-        let scale: Vec<f64> = gamma
-            .iter()
-            .zip(&var)
-            .map(|(g, v)| g / (v + eps).sqrt())
-            .collect();
+        let scale: Vec<f64> = gamma.iter().zip(&var).map(|(g, v)| g / (v + eps).sqrt()).collect();
         let shift = beta
             .iter()
             .zip(&mean)
@@ -244,9 +230,7 @@ mod tests {
             .iter()
             .map(|(n, s)| {
                 let count: usize = s.iter().product();
-                let bytes = (0..count)
-                    .flat_map(|i| (i as f32 * 0.01).to_le_bytes())
-                    .collect();
+                let bytes = (0..count).flat_map(|i| (i as f32 * 0.01).to_le_bytes()).collect();
                 (n.to_string(), bytes, s.clone())
             })
             .collect();
@@ -274,11 +258,7 @@ mod tests {
 
     #[test]
     fn loads_a_dense_model() {
-        let m = parse_model(&model_bytes(
-            ARCH,
-            &[("fc.weight", vec![2, 16]), ("fc.bias", vec![2])],
-        ))
-        .unwrap();
+        let m = parse_model(&model_bytes(ARCH, &[("fc.weight", vec![2, 16]), ("fc.bias", vec![2])])).unwrap();
         assert_eq!(m.nodes.len(), 1);
     }
 

@@ -1,0 +1,156 @@
+//! The four user commands end to end, and every kind of bad input the CLI must refuse cleanly.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn pkn(dir: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_pkn"))
+        .args(args)
+        .current_dir(dir)
+        .env("PKN_WEIGHTS", Path::new(env!("CARGO_MANIFEST_DIR")).join("weights"))
+        .output()
+        .expect("pkn runs")
+}
+
+fn ok(dir: &Path, args: &[&str]) -> String {
+    let out = pkn(dir, args);
+    assert!(
+        out.status.success(),
+        "pkn {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// The command fails with one clear error line containing `needle`, and does not panic.
+fn fails(dir: &Path, args: &[&str], needle: &str) {
+    let out = pkn(dir, args);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "pkn {args:?} should fail");
+    assert!(err.contains(needle), "pkn {args:?}: expected {needle:?} in {err:?}");
+    assert!(!err.contains("panicked"), "pkn {args:?} panicked: {err}");
+    assert_eq!(
+        err.trim().lines().count(),
+        1,
+        "pkn {args:?}: one error line expected, got {err:?}"
+    );
+}
+
+fn sample(name: &str) -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("samples")
+        .join(name)
+        .display()
+        .to_string()
+}
+
+/// Score lines of a printed prediction (everything after the "prediction:" line).
+fn prediction(stdout: &str) -> Vec<String> {
+    stdout
+        .lines()
+        .skip_while(|l| !l.starts_with("prediction:"))
+        .map(String::from)
+        .collect()
+}
+
+#[test]
+fn encrypted_inference_through_the_cli_equals_the_clear_reference() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    ok(d, &["keygen"]);
+    for name in ["test-1-pullover.png", "test-2-trouser.png", "test-3-trouser.png"] {
+        let img = sample(name);
+        ok(d, &["encrypt", &img]);
+        ok(d, &["infer"]);
+        let fhe = prediction(&ok(d, &["decrypt"]));
+        let clear = prediction(&ok(d, &["infer", "--clear", &img]));
+        assert!(fhe.len() == 12, "unexpected output {fhe:?}");
+        assert_eq!(fhe, clear, "FHE and clear differ on {name}");
+    }
+    // The result can only be decrypted with its own key.
+    ok(
+        d,
+        &[
+            "keygen",
+            "--client-key",
+            "other.key",
+            "--server-key",
+            "other-server.key",
+        ],
+    );
+    fails(d, &["decrypt", "--key", "other.key"], "wrong key");
+    // Keys are not silently replaced.
+    fails(d, &["keygen"], "already exists");
+}
+
+#[test]
+fn bad_inputs_give_one_clear_error_and_keep_existing_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    ok(d, &["keygen"]);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(d.join("client.key")).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    let img = sample("test-0-ankle-boot.png");
+    ok(d, &["encrypt", &img]);
+    let good_ct = std::fs::read(d.join("input.ct")).unwrap();
+
+    // Images: missing, not a PNG, wrong size; the existing ciphertext is left intact.
+    fails(d, &["encrypt", "missing.png"], "missing.png");
+    std::fs::write(d.join("text.png"), b"definitely not a png").unwrap();
+    fails(d, &["encrypt", "text.png"], "not a valid PNG");
+    write_png(&d.join("small.png"), 20, 20);
+    fails(d, &["encrypt", "small.png"], "is 20x20, the model takes 28x28");
+    assert_eq!(std::fs::read(d.join("input.ct")).unwrap(), good_ct);
+
+    // Keys: a server key where a client key belongs, truncated and corrupted keys.
+    fails(
+        d,
+        &["encrypt", &img, "--key", "server.key"],
+        "this is a server (evaluation) key, expected a client (secret) key",
+    );
+    let key = std::fs::read(d.join("client.key")).unwrap();
+    std::fs::write(d.join("short.key"), &key[..key.len() / 2]).unwrap();
+    fails(d, &["encrypt", &img, "--key", "short.key"], "truncated");
+    let mut flipped = key.clone();
+    let last = flipped.len() - 1;
+    flipped[last] ^= 0x55;
+    std::fs::write(d.join("flipped.key"), &flipped).unwrap();
+    fails(d, &["encrypt", &img, "--key", "flipped.key"], "checksum mismatch");
+
+    // Ciphertexts: corrupted, made for another model, made under another key.
+    let mut bad_ct = good_ct.clone();
+    bad_ct[100] ^= 1;
+    std::fs::write(d.join("bad.ct"), &bad_ct).unwrap();
+    fails(d, &["infer", "--input", "bad.ct"], "checksum mismatch");
+    ok(d, &["encrypt", &img, "--worst-case", "-o", "worst.ct"]);
+    fails(d, &["infer", "--input", "worst.ct"], "encrypted for another model");
+    ok(d, &["keygen", "--client-key", "b.key", "--server-key", "b-server.key"]);
+    ok(d, &["encrypt", &img, "--key", "b.key", "-o", "b.ct"]);
+    fails(d, &["infer", "--input", "b.ct"], "encrypted under key");
+    fails(
+        d,
+        &["decrypt", "--input", "input.ct"],
+        "this is an encrypted input, expected an encrypted result",
+    );
+
+    // Models: missing, corrupted.
+    fails(d, &["inspect", "--model", "no-such-model"], "no model");
+    std::fs::write(
+        d.join("broken.safetensors"),
+        b"\x08\x00\x00\x00\x00\x00\x00\x00{}garbage",
+    )
+    .unwrap();
+    fails(
+        d,
+        &["inspect", "--model", "broken.safetensors"],
+        "not a valid pkn model",
+    );
+}
+
+fn write_png(path: &Path, w: usize, h: usize) {
+    pkn::io::image::save_gray_png(path, &vec![128u8; w * h], w, h).unwrap();
+}

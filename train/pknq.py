@@ -1,0 +1,289 @@
+"""PyTorch emulation of pkn's integer circuit, for quantization-aware training.
+
+Every rule here mirrors src/compile/mod.rs and src/compile/quantize.rs: pixel quantization,
+per-channel symmetric weights, integer accumulators with the zero point as padding value,
+calibrated (or worst-case) accumulator windows with margin, power-of-two window of B bits,
+integer per-channel gains, centring offsets, exact truncation to W bits, one table per channel
+evaluated at bin centres, asymmetric activation quantization, and the negacyclic half of the
+table for values that leave their window. After `calibrate` on pkn's calibration images, the
+eval-mode forward pass computes exactly the integers `pkn infer --clear` computes (up to float
+ties), so its accuracy is the integer circuit's accuracy.
+
+Gradients pass straight through every rounding (STE).
+"""
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+def round_away(x):
+    """Rust's f64::round: halves away from zero."""
+    return torch.sign(x) * torch.floor(torch.abs(x) + 0.5)
+
+
+def ste(x, value):
+    """Forward `value`, backward identity to `x`."""
+    return x + (value - x).detach()
+
+
+def bits_for(width):
+    """Bits needed to hold `width` distinct values (src/compile/mod.rs bits_for)."""
+    width = max(int(width), 1)
+    return (width - 1).bit_length()
+
+
+def quantize_pixels(p_u8, bits):
+    levels = (1 << bits) - 1
+    return torch.floor((p_u8.float() * levels * 2 + 255) / 510)
+
+
+def quantize_weight(w, bits, per_tensor):
+    qmax = float((1 << (bits - 1)) - 1)
+    rows = w.reshape(w.shape[0], -1)
+    m = rows.detach().abs().amax(dim=1).clamp(min=1e-12)
+    if per_tensor:
+        m = torch.full_like(m, float(rows.detach().abs().max().clamp(min=1e-12)))
+    scale = m / qmax
+    shape = [-1] + [1] * (w.dim() - 1)
+    q = torch.clamp(ste(w / scale.view(shape), round_away(w / scale.view(shape))), -qmax, qmax)
+    return q, scale
+
+
+class PKN(nn.Module):
+    """(cp + z)^2, cp one learnable scalar per layer (Kerv2d in PolyKervNets)."""
+
+    def __init__(self):
+        super().__init__()
+        self.cp = nn.Parameter(torch.tensor(1.0))
+
+    def forward(self, z):
+        return (self.cp + z) ** 2
+
+
+class QState:
+    """An integer tensor and its float meaning scale * (q - zero_point)."""
+
+    def __init__(self, q, scale, zero_point, lo, hi):
+        self.q, self.scale, self.zero_point, self.lo, self.hi = q, scale, zero_point, lo, hi
+
+
+class QLinear(nn.Module):
+    """A conv2d or dense layer followed by its element-wise chain, compiled as pkn does.
+
+    `chain` is a list of modules (PKN, BatchNorm2d/BatchNorm1d) applied to the float pre-activation.
+    With an empty chain and `output=True` it is the output layer (no table, per-tensor scale).
+    """
+
+    def __init__(self, layer, chain, weight_bits, act_bits, lut_bits, margin, output=False, worst_case=False):
+        super().__init__()
+        self.layer = layer
+        self.chain = nn.ModuleList(chain)
+        self.weight_bits, self.act_bits, self.lut_bits = weight_bits, act_bits, lut_bits
+        self.margin, self.output, self.worst_case = margin, output, worst_case
+        c = layer.out_channels if isinstance(layer, nn.Conv2d) else layer.out_features
+        self.register_buffer("acc_lo", torch.zeros(c))
+        self.register_buffer("acc_hi", torch.zeros(c))
+        self.register_buffer("y_lo", torch.tensor(0.0))
+        self.register_buffer("y_hi", torch.tensor(0.0))
+        self.register_buffer("seen", torch.tensor(0))
+        self.calibrating = False
+        self.frozen = False
+
+    def ema(self, buf, value):
+        if self.seen == 0:
+            buf.copy_(value)
+        else:
+            buf.mul_(0.99).add_(0.01 * value)
+
+    def accumulate(self, x, q):
+        if isinstance(self.layer, nn.Conv2d):
+            p = self.layer.padding[0]
+            xp = F.pad(x.q, [p] * 4, value=float(x.zero_point))
+            return F.conv2d(xp, q, stride=self.layer.stride)
+        return F.linear(x.q.flatten(1), q)
+
+    def worst(self, q, x):
+        """Per-channel worst-case accumulator range over all positions (padding included)."""
+        if isinstance(self.layer, nn.Conv2d):
+            p = self.layer.padding[0]
+            shape = (1,) + tuple(x.q.shape[1:])
+            ones = F.pad(torch.ones(shape, dtype=q.dtype), [p] * 4, value=0.0)
+            pads = F.pad(torch.zeros(shape, dtype=q.dtype), [p] * 4, value=1.0)
+            pos, neg = q.clamp(min=0), q.clamp(max=0)
+            hi = F.conv2d(ones, pos * x.hi + neg * x.lo, stride=self.layer.stride)
+            lo = F.conv2d(ones, pos * x.lo + neg * x.hi, stride=self.layer.stride)
+            padc = F.conv2d(pads, q * float(x.zero_point), stride=self.layer.stride)
+            hi, lo = hi + padc, lo + padc
+            return lo.amin(dim=(0, 2, 3)), hi.amax(dim=(0, 2, 3))
+        pos, neg = q.clamp(min=0), q.clamp(max=0)
+        return (pos * x.lo + neg * x.hi).sum(1), (pos * x.hi + neg * x.lo).sum(1)
+
+    def apply_chain(self, z):
+        for m in self.chain:
+            z = m(z)
+        return z
+
+    def forward(self, x):
+        q, wscale = quantize_weight(self.layer.weight, self.weight_bits, self.output)
+        acc = self.accumulate(x, q)
+        bias = self.layer.bias if self.layer.bias is not None else torch.zeros(q.shape[0], dtype=q.dtype)
+        sumw = q.detach().reshape(q.shape[0], -1).sum(1)
+        zero_term = x.zero_point * sumw
+        ws = wscale * x.scale
+        view = [1, -1] + [1] * (acc.dim() - 2)
+        if self.output:
+            scale = float(ws[0])
+            offsets = round_away(bias.detach() / scale) - round_away(zero_term)
+            logits_int = acc.detach() + offsets.view(view)
+            logits = ws.view(view) * (acc - zero_term.view(view)) + bias.view(view)
+            return ste(logits, logits_int * scale)
+        dims = [0] + list(range(2, acc.dim()))
+        raw = acc.detach()
+        if self.calibrating:
+            self.acc_lo.copy_(raw.amin(dim=dims))
+            self.acc_hi.copy_(raw.amax(dim=dims))
+        elif self.training and not self.frozen:
+            self.ema(self.acc_lo, raw.amin(dim=dims))
+            self.ema(self.acc_hi, raw.amax(dim=dims))
+        # Window planning, exactly as the compiler does it.
+        wlo, whi = self.worst(q.detach(), x)
+        worst_bits = max(bits_for(int(h - l + 1)) for l, h in zip(wlo.tolist(), whi.tolist()))
+        lo_c, hi_c = torch.round(self.acc_lo), torch.round(self.acc_hi)
+        need = [math.ceil((h - l + 1) * (1 + self.margin)) for l, h in zip(lo_c.tolist(), hi_c.tolist())]
+        cal_bits = max(bits_for(n) for n in need)
+        if not self.worst_case and cal_bits < worst_bits:
+            win_lo, win_hi, bits = lo_c.tolist(), hi_c.tolist(), cal_bits
+        else:
+            win_lo, win_hi = wlo.tolist(), whi.tolist()
+            need = [int(h - l + 1) for l, h in zip(win_lo, win_hi)]
+            bits = worst_bits
+        B = max(bits, self.lut_bits)
+        s = B - self.lut_bits
+        gains = [max(1, (1 << B) // max(n, 1)) for n in need]
+        offsets = [(1 << (B - 1)) - math.floor((l * g + h * g + 1) / 2) for l, h, g in zip(win_lo, win_hi, gains)]
+        g = torch.tensor(gains, dtype=acc.dtype).view(view)
+        off = torch.tensor(offsets, dtype=acc.dtype).view(view)
+        m = raw * g + off
+        if self.training:
+            # Saturate while learning (windows still move); the circuit itself wraps, below.
+            t = torch.clamp(torch.floor(m / 2 ** s), 0, 2 ** self.lut_bits - 1)
+            neg = torch.zeros_like(t, dtype=torch.bool)
+        else:
+            t_full = torch.remainder(torch.floor(m / 2 ** s), 2 ** (self.lut_bits + 1))
+            neg = t_full >= 2 ** self.lut_bits
+            t = torch.remainder(t_full, 2 ** self.lut_bits)
+        centre = (t * 2 ** s + (2 ** s - 1) / 2 - off) / g
+        pre = lambda a: ws.view(view) * (a - zero_term.view(view)) + bias.view(view)
+        y = self.apply_chain(pre(ste(acc, centre)))
+        if self.calibrating or (self.training and not self.frozen):
+            y_exact = self.apply_chain(pre(raw)).detach()
+            if self.calibrating:
+                self.y_lo.copy_(y_exact.min())
+                self.y_hi.copy_(y_exact.max())
+            else:
+                self.ema(self.y_lo, y_exact.min())
+                self.ema(self.y_hi, y_exact.max())
+                self.seen += 1
+        levels = (1 << self.act_bits) - 1
+        a_lo, a_hi = min(float(self.y_lo), 0.0), max(float(self.y_hi), 0.0)
+        a_scale = max((a_hi - a_lo) / levels, 1e-12)
+        a_zp = int(min(max(round_away(torch.tensor(-a_lo / a_scale)).item(), 0), levels))
+        qy = torch.clamp(ste(y / a_scale, round_away(y / a_scale)) + a_zp, 0, levels)
+        qy = torch.where(neg, -qy, qy)
+        return QState(qy, a_scale, a_zp, 0.0, float(levels))
+
+
+class SumPool(nn.Module):
+    def __init__(self, kernel, stride):
+        super().__init__()
+        self.kernel, self.stride = kernel, stride
+
+    def forward(self, x):
+        k2 = self.kernel * self.kernel
+        q = F.avg_pool2d(x.q, self.kernel, self.stride) * k2
+        return QState(q, x.scale / k2, x.zero_point * k2, x.lo * k2, x.hi * k2)
+
+
+class QNet(nn.Module):
+    """A sequence of QLinear / SumPool / flatten stages driven by pkn's architecture list."""
+
+    def __init__(self, arch, margin=0.25, lut_bits=4):
+        super().__init__()
+        self.arch = arch
+        q = arch["quantization"]
+        self.input_bits = q["input_bits"]
+        specs = arch["layers"]
+        linear_idx = [i for i, l in enumerate(specs) if l["op"] in ("conv2d", "dense")]
+        self.stages = nn.ModuleList()
+        self.names = {}
+        i = 0
+        while i < len(specs):
+            l = specs[i]
+            if l["op"] in ("conv2d", "dense"):
+                if l["op"] == "conv2d":
+                    mod = nn.Conv2d(l["in_channels"], l["out_channels"], l["kernel"],
+                                    stride=l.get("stride", 1), padding=l.get("padding", 0))
+                else:
+                    mod = nn.Linear(l["in_features"], l["out_features"])
+                self.names[l["name"]] = mod
+                chain = []
+                j = i + 1
+                while j < len(specs) and specs[j]["op"] in ("pkn", "batch_norm"):
+                    s = specs[j]
+                    if s["op"] == "pkn":
+                        m = PKN()
+                    else:
+                        c = l["out_channels"] if l["op"] == "conv2d" else l["out_features"]
+                        m = nn.BatchNorm2d(c, eps=s.get("eps", 1e-5)) if l["op"] == "conv2d" else nn.BatchNorm1d(c)
+                    self.names[s["name"]] = m
+                    chain.append(m)
+                    j += 1
+                is_out = i == linear_idx[-1] and not chain
+                self.stages.append(QLinear(mod, chain, q["weight_bits"], q["activation_bits"], lut_bits, margin, output=is_out))
+                i = j
+            elif l["op"] == "avg_pool":
+                self.stages.append(SumPool(l["kernel"], l.get("stride") or l["kernel"]))
+                i += 1
+            elif l["op"] == "flatten":
+                i += 1
+            else:
+                raise ValueError(f"unsupported op {l['op']}")
+
+    def forward(self, pixels_u8):
+        levels = (1 << self.input_bits) - 1
+        dtype = next(self.parameters()).dtype
+        q = quantize_pixels(pixels_u8, self.input_bits).to(dtype).unsqueeze(1)
+        x = QState(q, 1.0 / levels, 0, 0.0, float(levels))
+        for st in self.stages:
+            x = st(x)
+        return x
+
+    def calibrate(self, images_u8):
+        """Set every window and activation range from the calibration images, as the compiler does."""
+        self.eval()
+        with torch.no_grad():
+            for st in self.stages:
+                if isinstance(st, QLinear) and not st.output:
+                    # Layers before st already hold their final windows: st sees what the compiler sees.
+                    st.calibrating = True
+                    self(images_u8)
+                    st.calibrating = False
+
+    def freeze(self, frozen=True):
+        """Keep windows, activation ranges and batch-norm statistics fixed while fine-tuning."""
+        for st in self.stages:
+            if isinstance(st, QLinear):
+                st.frozen = frozen
+                for m in st.chain:
+                    if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                        m.eval() if frozen else m.train()
+
+    def state_dict_for_pkn(self):
+        out = {}
+        for name, m in self.names.items():
+            for k, v in m.state_dict().items():
+                if k != "num_batches_tracked":
+                    out[f"{name}.{k}"] = v.detach().float().contiguous()
+        return out

@@ -1,0 +1,127 @@
+"""Train a zoo model on Fashion-MNIST with pkn's integer circuit in the loop, and export it.
+
+    python train/train.py tiny-pkn                  # writes weights/tiny-pkn.safetensors
+
+Phase 1 trains with moving-average windows; phase 2 calibrates on pkn's calibration images
+(weights/calibration-images.idx), freezes windows and batch norm, and fine-tunes under exactly the
+circuit pkn compiles; the last calibration is the one the compiler recomputes. The accuracy printed
+at the end is the integer circuit's (float64 emulation), which `pkn eval` reproduces.
+"""
+import argparse
+import gzip
+import json
+import os
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from architectures import ZOO
+from pknq import QNet
+
+DATA = "/usr/share/datasets/fashion-mnist"
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def save_safetensors(tensors, path, metadata):
+    """Write float32 tensors in the safetensors format (no dependency beyond torch)."""
+    header, blobs, offset = {"__metadata__": metadata}, [], 0
+    for name in sorted(tensors):
+        data = tensors[name].detach().cpu().float().contiguous().numpy().tobytes()
+        header[name] = {"dtype": "F32", "shape": list(tensors[name].shape), "data_offsets": [offset, offset + len(data)]}
+        blobs.append(data)
+        offset += len(data)
+    head = json.dumps(header).encode()
+    head += b" " * (-len(head) % 8)
+    with open(path + ".tmp", "wb") as f:
+        f.write(len(head).to_bytes(8, "little") + head + b"".join(blobs))
+    os.replace(path + ".tmp", path)
+
+
+def read_idx(path):
+    opener = gzip.open if path.endswith(".gz") else open
+    with opener(path, "rb") as f:
+        data = f.read()
+    ndim = data[3]
+    dims = [int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
+    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
+
+
+def accuracy(model, x, y):
+    model.eval()
+    correct = 0
+    with torch.no_grad():
+        for i in range(0, len(x), 2000):
+            correct += (logits(model, x[i:i + 2000]).argmax(1) == y[i:i + 2000]).sum().item()
+    return correct / len(x)
+
+
+def logits(model, x):
+    out = model(x)
+    return out.reshape(out.shape[0], -1)
+
+
+def run_epochs(model, xtr, ytr, epochs, lr, frozen, batch=128):
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(epochs, 1))
+    for _ in range(epochs):
+        model.train()
+        model.freeze(frozen)
+        perm = torch.randperm(len(xtr))
+        for i in range(0, len(xtr), batch):
+            idx = perm[i:i + batch]
+            loss = F.cross_entropy(logits(model, xtr[idx]), ytr[idx])
+            opt.zero_grad()
+            loss.backward()
+            nn.utils.clip_grad_norm_(model.parameters(), 1.0)  # PKN training is prone to blow-ups
+            opt.step()
+        sched.step()
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("model", choices=sorted(ZOO))
+    p.add_argument("--epochs", type=int, default=12, help="phase 1 epochs (moving-average windows)")
+    p.add_argument("--finetune", type=int, default=4, help="phase 2 epochs (calibrated, frozen windows)")
+    p.add_argument("--input-bits", type=int, default=4)
+    p.add_argument("--weight-bits", type=int, default=4)
+    p.add_argument("--act-bits", type=int, default=4)
+    p.add_argument("--lut-bits", type=int, default=4)
+    p.add_argument("--margin", type=float, default=0.25)
+    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--data", default=DATA)
+    p.add_argument("--out", default=None)
+    a = p.parse_args()
+    torch.manual_seed(a.seed)
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", os.cpu_count() or 1)))
+    arch = ZOO[a.model](a.input_bits, a.weight_bits, a.act_bits)
+    find = lambda stem: next(f for f in (f"{a.data}/{stem}.gz", f"{a.data}/{stem}") if os.path.exists(f))
+    xtr = torch.from_numpy(read_idx(find("train-images-idx3-ubyte")).copy())
+    ytr = torch.from_numpy(read_idx(find("train-labels-idx1-ubyte")).astype(np.int64))
+    xte = torch.from_numpy(read_idx(find("t10k-images-idx3-ubyte")).copy())
+    yte = torch.from_numpy(read_idx(find("t10k-labels-idx1-ubyte")).astype(np.int64))
+    calib = torch.from_numpy(read_idx(os.path.join(HERE, "..", "weights", "calibration-images.idx")).copy())
+
+    model = QNet(arch, margin=a.margin, lut_bits=a.lut_bits)
+    for epoch in range(a.epochs):
+        run_epochs(model, xtr, ytr, 1, a.lr * 0.5 * (1 + np.cos(np.pi * epoch / a.epochs)), frozen=False)
+        print(f"phase 1 epoch {epoch + 1}: test accuracy (moving windows) {accuracy(model, xte, yte):.4f}", flush=True)
+    for epoch in range(a.finetune):
+        model.calibrate(calib)
+        run_epochs(model, xtr, ytr, 1, a.lr * 0.05, frozen=True)
+        print(f"phase 2 epoch {epoch + 1}: done", flush=True)
+    model = model.double()
+    model.calibrate(calib.clone())
+    acc = accuracy(model, xte, yte)
+    print(f"integer-circuit test accuracy (emulated, what pkn eval reports): {acc:.4f}", flush=True)
+
+    out = a.out or os.path.join(HERE, "..", "weights", f"{a.model}.safetensors")
+    meta = {"format": "pkn-model", "version": "1", "architecture": json.dumps(arch)}
+    save_safetensors(model.state_dict_for_pkn(), out, meta)
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
