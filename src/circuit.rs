@@ -8,7 +8,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::params::FheParams;
+use crate::params::{Bootstrap, FheParams};
 
 /// Version of the serialised circuit (and of the compiler's output semantics).
 pub const CIRCUIT_VERSION: u32 = 1;
@@ -92,9 +92,30 @@ pub struct Requant {
     pub output_encoding_bits: u32,
     /// Width of the output activations (unsigned).
     pub output_bits: u32,
-    /// How many of the first truncation steps use the precise bootstrap key (the rest use the
-    /// cheap one); set by the parameter choice. Affects noise only, never the result.
-    pub precise_steps: u32,
+    /// How the `acc_bits - lut_bits` low bits are removed, lowest first; set by the parameter
+    /// choice. Affects cost and noise only, never the result.
+    pub steps: Vec<TruncStep>,
+}
+
+/// One exact truncation step: removes `bits` (1 to 4) low bits of the accumulator.
+///
+/// One bit costs one sign bootstrap. A digit of 2 to 4 bits costs two: a sign bootstrap that clears
+/// the bit above the digit (always with the cheap key), then a table that returns the digit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TruncStep {
+    pub bits: u32,
+    /// Whether the bootstrap whose output stays in the accumulator uses the precise key.
+    pub precise: bool,
+}
+
+impl TruncStep {
+    pub fn bootstraps(&self) -> u64 {
+        if self.bits == 1 {
+            1
+        } else {
+            2
+        }
+    }
 }
 
 impl Requant {
@@ -103,10 +124,29 @@ impl Requant {
         self.acc_bits - self.lut_bits
     }
 
-    /// Bootstraps per activation: one per removed bit plus the table.
+    /// Bootstraps per activation: the truncation steps' plus the table.
     pub fn pbs_per_activation(&self) -> u64 {
-        self.shift() as u64 + 1
+        self.steps.iter().map(TruncStep::bootstraps).sum::<u64>() + 1
     }
+
+    /// Bootstraps per activation spent on truncation.
+    pub fn truncation_pbs_per_activation(&self) -> u64 {
+        self.pbs_per_activation() - 1
+    }
+
+    /// Relative cost of one activation in stock bootstraps.
+    pub fn relative_cost(&self, params: &FheParams) -> f64 {
+        relative_steps_cost(&self.steps, params) + params.relative_pbs_cost(Bootstrap::Precise)
+    }
+}
+
+/// Relative cost of truncation steps in stock bootstraps.
+pub fn relative_steps_cost(steps: &[TruncStep], params: &FheParams) -> f64 {
+    let cost = |precise| params.relative_pbs_cost(if precise { Bootstrap::Precise } else { Bootstrap::Cheap });
+    steps
+        .iter()
+        .map(|st| cost(st.precise) + if st.bits > 1 { cost(false) } else { 0.0 })
+        .sum()
 }
 
 impl Linear {
@@ -208,13 +248,8 @@ impl Circuit {
 
     /// Relative cost of the circuit's bootstraps, in units of one stock 2^23 x 1 bootstrap.
     pub fn relative_cost(&self, params: &FheParams) -> f64 {
-        use crate::params::Bootstrap;
         self.requants()
-            .map(|r| {
-                let precise = (r.precise_steps + 1) as f64 * params.relative_pbs_cost(Bootstrap::Precise);
-                let cheap = (r.shift() - r.precise_steps) as f64 * params.relative_pbs_cost(Bootstrap::Cheap);
-                r.shape.len() as f64 * (precise + cheap)
-            })
+            .map(|r| r.shape.len() as f64 * r.relative_cost(params))
             .sum()
     }
 
@@ -222,7 +257,10 @@ impl Circuit {
     pub fn pbs_counts(&self) -> (u64, u64) {
         self.requants().fold((0, 0), |(all, trunc), r| {
             let n = r.shape.len() as u64;
-            (all + n * r.pbs_per_activation(), trunc + n * r.shift() as u64)
+            (
+                all + n * r.pbs_per_activation(),
+                trunc + n * r.truncation_pbs_per_activation(),
+            )
         })
     }
 

@@ -1,13 +1,17 @@
-//! Exact truncation, checked bit by bit on edge accumulators built from real bootstrap outputs.
+//! Exact truncation, checked step by step on edge accumulators built from real bootstrap outputs.
 //!
 //! Random inputs hide a broken truncation (a wrong low bit rarely changes a table's output), so
 //! every intermediate value is decrypted and compared with the clear one, on accumulators whose
-//! low bits are all 0 or all 1, and on values that leave their window.
+//! low bits are all 0 or all 1, and on values that leave their window; for single-bit steps, digit
+//! steps and the plan the compiler picks.
 
+use pkn::circuit::{Requant, Shape, TruncStep};
+use pkn::compile::noise::plan_steps;
 use pkn::eval::clear::{lut_index, table_output};
 use pkn::eval::fhe::Engine;
-use pkn::keys::{decode, delta, encode, ClientKey};
+use pkn::keys::{decode, encode, ClientKey};
 use pkn::params::{Bootstrap, FheParams};
+use rayon::prelude::*;
 use tfhe::core_crypto::prelude::ContiguousEntityContainer;
 
 /// Weighted sum of ciphertexts (wrapping), plus a plaintext constant.
@@ -22,26 +26,51 @@ fn weighted_sum(cts: &[Vec<u64>], weights: &[i64], constant: u64) -> Vec<u64> {
     acc
 }
 
+fn steps(bits: &[u32], precise: bool) -> Vec<TruncStep> {
+    bits.iter().map(|&bits| TruncStep { bits, precise }).collect()
+}
+
 #[test]
-fn every_extracted_bit_and_table_output_match_the_clear_values() {
+fn every_truncation_step_and_table_output_match_the_clear_values() {
     let params = FheParams::stock_2_2_with_pbs(12, 3);
     let (client, server) = ClientKey::generate(params);
     let key = server.expand();
     let engine = Engine::new(&key);
-    let mut scratch = engine.scratch();
     let lut_bits = 4u32;
     let table: Vec<i64> = (0..16).map(|t| (t * 7 + 3) % 16).collect();
 
     // Sixteen activations in [0, 15], each the output of a real bootstrap (realistic noise),
     // combined with weights of 2-norm about 20, like a 3x3x4 convolution of 4-bit weights.
     let weights: Vec<i64> = vec![7, -5, 3, -7, 6, 1, -2, 4, -6, 5, 2, -3, 7, -4, 1, 5];
+    let norm2: i64 = weights.iter().map(|w| w * w).sum();
     let xs: Vec<i64> = (0..16).map(|i| (i * 5 + 2) % 16).collect();
-    let mut checked_bits = 0;
+    let base: i64 = weights.iter().zip(&xs).map(|(w, x)| w * x).sum();
+    let checked = std::sync::atomic::AtomicUsize::new(0);
     for acc_bits in [6u32, 10, 14] {
         let shift = acc_bits - lut_bits;
+        let requant = Requant {
+            name: "test".into(),
+            shape: Shape {
+                channels: 1,
+                height: 1,
+                width: 1,
+            },
+            acc_bits,
+            lut_bits,
+            tables: vec![table.clone()],
+            output_encoding_bits: 8,
+            output_bits: 4,
+            steps: Vec::new(),
+        };
+        let var = params.pbs_output_variance(Bootstrap::Precise) * norm2 as f64;
+        let planned = plan_steps(&requant, var, &params).expect("the planner finds an exact plan");
+        let fours: Vec<u32> = (0..shift).step_by(4).map(|i| (shift - i).min(4)).collect();
+        let plans = [steps(&vec![1; shift as usize], true), steps(&fours, true), planned];
+
         let identity: Vec<i64> = (0..16).collect();
         let lut = engine.table_accumulator(&identity, acc_bits);
         let fresh = client.encrypt(&xs, lut_bits).par_decompress_into_lwe_ciphertext_list();
+        let mut scratch = engine.scratch();
         let activations: Vec<Vec<u64>> = fresh
             .iter()
             .map(|ct| {
@@ -50,7 +79,6 @@ fn every_extracted_bit_and_table_output_match_the_clear_values() {
                 out
             })
             .collect();
-        let base: i64 = weights.iter().zip(&xs).map(|(w, x)| w * x).sum();
         let step = 1i64 << shift;
         let window = 1i64 << acc_bits;
         // Low bits all 0 and all 1, at the bottom, middle and top of the window, and outside it.
@@ -69,32 +97,37 @@ fn every_extracted_bit_and_table_output_match_the_clear_values() {
             window + step - 1,
             2 * window - 1,
         ];
-        for &target in &targets {
-            let constant = encode(target - base, acc_bits);
-            let mut ct = weighted_sum(&activations, &weights, constant);
-            for s in 0..shift {
-                let held = acc_bits - s;
-                let sign = engine.sign_accumulator(held);
-                // The precise key where the next steps need its low noise (as the planner decides).
-                let which = if held > 9 { Bootstrap::Precise } else { Bootstrap::Cheap };
-                engine.truncation_step(&mut scratch, &mut ct, held, &sign, which);
-                let bits_now = held - 1;
-                let got = decode(client.phase(&ct), bits_now).rem_euclid(1 << (bits_now + 1));
-                let want = (target >> (s + 1)).rem_euclid(1 << (bits_now + 1));
-                assert_eq!(got, want, "B={acc_bits} target={target} after removing {} bits", s + 1);
-                checked_bits += 1;
-            }
-            let out_bits = 8;
-            let mut out = vec![0u64; ct.len()];
-            engine.lookup(&mut scratch, &ct, &engine.table_accumulator(&table, out_bits), &mut out);
-            let want = table_output(&table, lut_index(target, shift, lut_bits));
-            assert_eq!(
-                decode(client.phase(&out), out_bits),
-                want,
-                "B={acc_bits} target={target} table"
+        let out_table = engine.table_accumulator(&table, 8);
+        for plan in &plans {
+            assert_eq!(plan.iter().map(|s| s.bits).sum::<u32>(), shift);
+            targets.par_iter().for_each_init(
+                || engine.scratch(),
+                |scratch, &target| {
+                    let mut ct = weighted_sum(&activations, &weights, encode(target - base, acc_bits));
+                    let (mut held, mut removed) = (acc_bits, 0);
+                    for st in plan {
+                        engine.truncation_step(scratch, &mut ct, held, *st, &engine.step_luts(held, st.bits));
+                        held -= st.bits;
+                        removed += st.bits;
+                        let got = decode(client.phase(&ct), held).rem_euclid(1 << (held + 1));
+                        let want = (target >> removed).rem_euclid(1 << (held + 1));
+                        assert_eq!(
+                            got, want,
+                            "B={acc_bits} target={target} plan={plan:?} after {removed} bits"
+                        );
+                        checked.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    let mut out = vec![0u64; ct.len()];
+                    engine.lookup(scratch, &ct, &out_table, &mut out);
+                    let want = table_output(&table, lut_index(target, shift, lut_bits));
+                    assert_eq!(
+                        decode(client.phase(&out), 8),
+                        want,
+                        "B={acc_bits} target={target} plan={plan:?} table"
+                    );
+                },
             );
         }
     }
-    assert!(checked_bits >= 200, "checked {checked_bits} bits");
-    assert_eq!(delta(4), 1 << 59);
+    assert!(checked.into_inner() >= 300);
 }

@@ -54,7 +54,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
                 println!(
                     "{:<10} {:<32} {:>10} {:>6} {:>5} {:>10} {:>12.1}",
                     r.name,
-                    format!("truncate {} bits ({} precise) + table", r.shift(), r.precise_steps),
+                    format!("truncate {} + table", steps_label(&r.steps)),
                     r.shape.len(),
                     r.acc_bits,
                     r.lut_bits,
@@ -92,4 +92,16 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let secs = c.relative_cost(&params) * MS_PER_STOCK_PBS_2_THREADS / 1000.0;
     println!("estimated encrypted inference on 2 cores: {secs:.0} s (estimate from the cost model, not a measurement)");
     Ok(())
+}
+
+/// Truncation steps as "4+2 bits" with precise steps marked by "*".
+fn steps_label(steps: &[crate::circuit::TruncStep]) -> String {
+    if steps.is_empty() {
+        return "0 bits".into();
+    }
+    let parts: Vec<String> = steps
+        .iter()
+        .map(|s| format!("{}{}", s.bits, if s.precise { "*" } else { "" }))
+        .collect();
+    format!("{} bits", parts.join("+"))
 }

@@ -15,7 +15,7 @@ pub mod noise;
 mod quantize;
 
 use crate::circuit::{
-    window_output, Circuit, InputSpec, Layer, Linear, LinearOp, OutputSpec, Requant, Shape, CIRCUIT_VERSION,
+    window_output, Circuit, InputSpec, Layer, Linear, LinearOp, OutputSpec, Requant, Shape, TruncStep, CIRCUIT_VERSION,
 };
 use crate::error::{Error, Result};
 use crate::eval::clear;
@@ -416,7 +416,7 @@ fn requantize(
         tables,
         output_encoding_bits: 0,
         output_bits: act_bits,
-        precise_steps: 0,
+        steps: Vec::new(),
     };
     let linear = lin.layer;
     state.values = state
@@ -464,7 +464,7 @@ pub struct Candidate {
     pub report: noise::NoiseReport,
     /// Relative cost in stock bootstraps.
     pub cost: f64,
-    plan: Vec<(usize, u32)>,
+    plan: Vec<(usize, Vec<TruncStep>)>,
 }
 
 /// Every candidate set, each with its own plan of precise truncation steps.
@@ -473,7 +473,7 @@ pub fn candidates(circuit: &Circuit) -> Vec<Candidate> {
         .into_iter()
         .map(|params| {
             let mut trial = circuit.clone();
-            let plan = noise::plan_precise_steps(&trial, &params);
+            let plan = noise::plan_truncation(&trial, &params);
             apply_plan(&mut trial, &plan);
             Candidate {
                 params,
@@ -508,10 +508,10 @@ pub fn choose_params(circuit: &mut Circuit) -> Result<FheParams> {
     )))
 }
 
-fn apply_plan(circuit: &mut Circuit, plan: &[(usize, u32)]) {
-    for &(i, k) in plan {
-        if let Layer::Requant(r) = &mut circuit.layers[i] {
-            r.precise_steps = k;
+fn apply_plan(circuit: &mut Circuit, plan: &[(usize, Vec<TruncStep>)]) {
+    for (i, steps) in plan {
+        if let Layer::Requant(r) = &mut circuit.layers[*i] {
+            r.steps = steps.clone();
         }
     }
 }

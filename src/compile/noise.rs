@@ -6,7 +6,7 @@
 //! centre; each step adds its bootstrap's output noise to the ciphertext; the final table reads W
 //! bits, half a slot being 2^-(W + 2); decrypting an output needs its noise within half a step.
 
-use crate::circuit::{Circuit, Layer, Requant};
+use crate::circuit::{relative_steps_cost, Circuit, Layer, Requant, TruncStep};
 use crate::params::{log2_gaussian_two_sided_tail, Bootstrap, FheParams, LOG2_PFAIL_LIMIT};
 
 /// The worst bootstrap of one table layer.
@@ -48,22 +48,76 @@ impl NoiseReport {
     }
 }
 
-/// Worst log2 p-fail among the bootstraps of one requant whose accumulators carry `var`,
-/// when its first `precise_steps` truncation steps use the precise key.
-pub fn requant_log2_pfail(r: &Requant, var: f64, params: &FheParams, precise_steps: u32) -> f64 {
+/// Worst log2 p-fail among the bootstraps of one requant whose accumulators carry `var`, when
+/// its low bits are removed by `steps`.
+pub fn requant_log2_pfail(r: &Requant, var: f64, params: &FheParams, steps: &[TruncStep]) -> f64 {
+    let key = |precise| if precise { Bootstrap::Precise } else { Bootstrap::Cheap };
     let mut var = var;
+    let mut held = r.acc_bits;
     let mut worst = f64::NEG_INFINITY;
-    for step in 0..r.shift() {
-        let held = r.acc_bits - step;
-        worst = worst.max(params.log2_pfail(var * 4f64.powi(held as i32), 0.25));
-        let key = if step < precise_steps {
-            Bootstrap::Precise
+    for st in steps {
+        if st.bits == 1 {
+            // Sign bootstrap of ct * 2^held: the bit sits in a quarter of the torus.
+            worst = worst.max(params.log2_pfail(var * 4f64.powi(held as i32), 0.25));
         } else {
-            Bootstrap::Cheap
-        };
-        var += params.pbs_output_variance(key);
+            // ct * 2^(held - bits): the digit and the bit above it; half a digit slot of margin,
+            // first for the sign bootstrap, then for the digit table (which also carries the sign's noise).
+            let amplified = var * 4f64.powi((held - st.bits) as i32);
+            let half_slot = 2f64.powi(-(st.bits as i32 + 2));
+            worst = worst.max(params.log2_pfail(amplified, half_slot));
+            let after_sign = amplified + params.pbs_output_variance(Bootstrap::Cheap);
+            worst = worst.max(params.log2_pfail(after_sign, half_slot));
+        }
+        var += params.pbs_output_variance(key(st.precise));
+        held -= st.bits;
     }
     worst.max(params.log2_pfail(var, 2f64.powi(-(r.lut_bits as i32 + 2))))
+}
+
+/// Ways to split `shift` bits into steps: single bits, and digits of 2 to 4 bits with the
+/// remainder first or last.
+fn digit_sequences(shift: u32) -> Vec<Vec<u32>> {
+    let mut out = vec![vec![1; shift as usize]];
+    for d in 2..=4u32 {
+        let (full, rest) = ((shift / d) as usize, shift % d);
+        let mut last = vec![d; full];
+        let mut first = vec![d; full];
+        if rest > 0 {
+            last.push(rest);
+            first.insert(0, rest);
+        }
+        out.push(last);
+        out.push(first);
+    }
+    out.retain(|s| !s.is_empty() || shift == 0);
+    out.dedup();
+    out
+}
+
+/// The cheapest truncation plan of one requant meeting the limit: digit sizes, and the fewest
+/// leading steps on the precise key. None if no plan does.
+pub fn plan_steps(r: &Requant, var: f64, params: &FheParams) -> Option<Vec<TruncStep>> {
+    let mut best: Option<(f64, Vec<TruncStep>)> = None;
+    for digits in digit_sequences(r.shift()) {
+        for precise in 0..=digits.len() {
+            let steps: Vec<TruncStep> = digits
+                .iter()
+                .enumerate()
+                .map(|(i, &bits)| TruncStep {
+                    bits,
+                    precise: i < precise,
+                })
+                .collect();
+            if requant_log2_pfail(r, var, params, &steps) <= LOG2_PFAIL_LIMIT {
+                let cost = relative_steps_cost(&steps, params);
+                if best.as_ref().is_none_or(|(c, _)| cost < *c) {
+                    best = Some((cost, steps));
+                }
+                break;
+            }
+        }
+    }
+    best.map(|(_, steps)| steps)
 }
 
 /// Visit every requant with the variance of its accumulators; returns the output variance.
@@ -100,7 +154,7 @@ pub fn analyse(circuit: &Circuit, params: &FheParams) -> NoiseReport {
             name: r.name.clone(),
             acc_bits: r.acc_bits,
             lut_bits: r.lut_bits,
-            log2_pfail: requant_log2_pfail(r, var, params, r.precise_steps),
+            log2_pfail: requant_log2_pfail(r, var, params, &r.steps),
         })
     });
     let half_step = 2f64.powi(-(circuit.output.bits as i32 + 2));
@@ -110,15 +164,30 @@ pub fn analyse(circuit: &Circuit, params: &FheParams) -> NoiseReport {
     }
 }
 
-/// For each requant, the fewest precise truncation steps that keep every bootstrap under the
-/// limit (all steps precise if nothing does).
-pub fn plan_precise_steps(circuit: &Circuit, params: &FheParams) -> Vec<(usize, u32)> {
+/// For each requant (by layer index), its cheapest truncation plan meeting the limit; a requant
+/// no plan serves gets single-bit steps all on the precise key (and so fails the analysis).
+pub fn plan_truncation(circuit: &Circuit, params: &FheParams) -> Vec<(usize, Vec<TruncStep>)> {
     let mut plan = Vec::new();
     walk(circuit, params, |i, r, var| {
-        let k = (0..=r.shift())
-            .find(|&k| requant_log2_pfail(r, var, params, k) <= LOG2_PFAIL_LIMIT)
-            .unwrap_or(r.shift());
-        plan.push((i, k));
+        let steps = plan_steps(r, var, params)
+            .unwrap_or_else(|| (0..r.shift()).map(|_| TruncStep { bits: 1, precise: true }).collect());
+        plan.push((i, steps));
     });
     plan
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn digit_sequences_cover_the_shift() {
+        for shift in 0..12 {
+            for seq in digit_sequences(shift) {
+                assert_eq!(seq.iter().sum::<u32>(), shift, "{seq:?}");
+                assert!(seq.iter().all(|&d| (1..=4).contains(&d)));
+            }
+        }
+        assert!(digit_sequences(6).contains(&vec![4, 2]));
+    }
 }

@@ -1,9 +1,9 @@
 //! The FHE evaluator: the circuit on LWE ciphertexts, with the evaluation key only.
 //!
 //! Linear layers are leveled integer sums of ciphertexts. A [`Requant`] first removes the low
-//! `s` bits of each accumulator by exact LSB-first bit extraction (one sign bootstrap per bit;
-//! DESIGN 4b; the first `precise_steps` with the precise key, the rest with the cheap one), then
-//! bootstraps the remaining W bits through the channel's table (precise key). All bootstraps
+//! `s` bits of each accumulator, lowest first, by exact steps (DESIGN 4b): a single bit costs one
+//! sign bootstrap, a digit of 2 to 4 bits costs a sign bootstrap that clears the bit above it and a
+//! table that returns it; then it bootstraps the remaining W bits through the channel's table. All bootstraps
 //! of a layer run in one rayon batch.
 
 use indicatif::ProgressBar;
@@ -11,7 +11,7 @@ use rayon::prelude::*;
 use tfhe::core_crypto::fft_impl::fft64::math::fft::{Fft, FftView};
 use tfhe::core_crypto::prelude::*;
 
-use crate::circuit::{Circuit, Layer, Linear, Requant};
+use crate::circuit::{Circuit, Layer, Linear, Requant, TruncStep};
 use crate::keys::{delta, encode, EvaluationKey};
 use crate::params::Bootstrap;
 
@@ -21,8 +21,15 @@ pub type Ciphertexts = LweCiphertextListOwned<u64>;
 pub struct Scratch {
     small: LweCiphertextOwned<u64>,
     shifted: LweCiphertextOwned<u64>,
+    extracted: LweCiphertextOwned<u64>,
     rotated: GlweCiphertextOwned<u64>,
     buffers: ComputationBuffers,
+}
+
+/// The accumulators one truncation step needs (built once per layer and step).
+pub struct StepLuts {
+    sign: GlweCiphertextOwned<u64>,
+    digit: Option<GlweCiphertextOwned<u64>>,
 }
 
 /// The evaluation key with its FFT plan: what every bootstrap needs.
@@ -33,6 +40,14 @@ pub struct Engine<'k> {
 
 fn native() -> CiphertextModulus<u64> {
     CiphertextModulus::new_native()
+}
+
+fn key_of(step: TruncStep) -> Bootstrap {
+    if step.precise {
+        Bootstrap::Precise
+    } else {
+        Bootstrap::Cheap
+    }
 }
 
 impl<'k> Engine<'k> {
@@ -56,9 +71,11 @@ impl<'k> Engine<'k> {
             blind_rotate_assign_mem_optimized_requirement::<u64>(glwe_size, poly, self.fft())
                 .unaligned_bytes_required(),
         );
+        let big = LweSize(p.big_lwe_dimension() + 1);
         Scratch {
             small: LweCiphertext::new(0, LweSize(p.lwe_dimension + 1), native()),
-            shifted: LweCiphertext::new(0, LweSize(p.big_lwe_dimension() + 1), native()),
+            shifted: LweCiphertext::new(0, big, native()),
+            extracted: LweCiphertext::new(0, big, native()),
             rotated: GlweCiphertext::new(0, glwe_size, poly, native()),
             buffers,
         }
@@ -69,8 +86,7 @@ impl<'k> Engine<'k> {
     pub fn accumulator(&self, bits: u32, value: impl Fn(usize) -> u64) -> GlweCiphertextOwned<u64> {
         let p = self.key.params;
         let n = p.polynomial_size;
-        let boxes = 1usize << bits;
-        let box_size = n / boxes;
+        let box_size = n >> bits;
         let mut acc = GlweCiphertext::new(0, GlweSize(p.glwe_dimension + 1), PolynomialSize(n), native());
         for (j, coef) in acc.get_mut_body().as_mut().iter_mut().enumerate() {
             *coef = value((j + box_size / 2) / box_size);
@@ -78,15 +94,9 @@ impl<'k> Engine<'k> {
         acc
     }
 
-    /// Keyswitch `big` (in `scratch.shifted`), centred modulus switch, blind rotation of `lut`,
-    /// and sample extraction into `out`.
-    fn bootstrap_shifted(
-        &self,
-        scratch: &mut Scratch,
-        lut: &GlweCiphertextOwned<u64>,
-        out: &mut [u64],
-        which: Bootstrap,
-    ) {
+    /// Keyswitch `scratch.shifted`, centred modulus switch, blind rotation of `lut` with key
+    /// `which`, and sample extraction into `scratch.extracted`.
+    fn bootstrap_shifted(&self, scratch: &mut Scratch, lut: &GlweCiphertextOwned<u64>, which: Bootstrap) {
         keyswitch_lwe_ciphertext(&self.key.keyswitch_key, &scratch.shifted, &mut scratch.small);
         let log_modulus = CiphertextModulusLog(self.key.params.log2_modswitch_modulus());
         let switched =
@@ -99,40 +109,76 @@ impl<'k> Engine<'k> {
             self.fft(),
             scratch.buffers.stack(),
         );
-        let mut out = LweCiphertext::from_container(out, native());
-        extract_lwe_sample_from_glwe_ciphertext(&scratch.rotated, &mut out, MonomialDegree(0));
+        extract_lwe_sample_from_glwe_ciphertext(&scratch.rotated, &mut scratch.extracted, MonomialDegree(0));
+    }
+
+    /// Accumulators for a step removing `bits` low bits while `held` bits are held.
+    pub fn step_luts(&self, held: u32, bits: u32) -> StepLuts {
+        if bits == 1 {
+            // Constant -Delta_held / 2 (negated on the upper half of the torus).
+            let half = (delta(held) / 2).wrapping_neg();
+            return StepLuts {
+                sign: self.accumulator(0, |_| half),
+                digit: None,
+            };
+        }
+        let digits = 1usize << bits;
+        StepLuts {
+            // Constant -1/4: returns -1/4 or +1/4 for the bit above the digit 0 or 1.
+            sign: self.accumulator(0, |_| (1u64 << 62).wrapping_neg()),
+            // The digit d times Delta_held; index 2^bits (the negacyclic boundary) is unreachable.
+            digit: Some(self.accumulator(bits, |t| {
+                if t < digits {
+                    (t as u64).wrapping_mul(delta(held))
+                } else {
+                    0
+                }
+            })),
+        }
     }
 
     /// One exact truncation step: `ct` holds m with `held` bits (Delta = 2^(63 - held)); afterwards
-    /// it holds m >> 1 with `held - 1` bits. `sign_lut` is [`Engine::sign_accumulator`]`(held)`.
-    pub fn truncation_step(
-        &self,
-        scratch: &mut Scratch,
-        ct: &mut [u64],
-        held: u32,
-        sign_lut: &GlweCiphertextOwned<u64>,
-        which: Bootstrap,
-    ) {
-        // Move the lowest bit to the top and centre it: phase 1/4 for bit 0, 3/4 for bit 1.
-        for (d, s) in scratch.shifted.as_mut().iter_mut().zip(ct.iter()) {
-            *d = s << held;
+    /// it holds m >> step.bits with `held - step.bits` bits. `luts` is [`Engine::step_luts`].
+    pub fn truncation_step(&self, scratch: &mut Scratch, ct: &mut [u64], held: u32, step: TruncStep, luts: &StepLuts) {
+        let body_index = ct.len() - 1;
+        match &luts.digit {
+            None => {
+                // Move the lowest bit to the top and centre it: phase 1/4 for bit 0, 3/4 for bit 1.
+                for (d, s) in scratch.shifted.as_mut().iter_mut().zip(ct.iter()) {
+                    *d = s << held;
+                }
+                let body = &mut scratch.shifted.as_mut()[body_index];
+                *body = body.wrapping_add(1 << 62);
+                self.bootstrap_shifted(scratch, &luts.sign, key_of(step));
+                // The bootstrap returned -/+ Delta/2 for bit 0/1; subtract bit * Delta.
+                for (c, b) in ct.iter_mut().zip(scratch.extracted.as_ref()) {
+                    *c = c.wrapping_sub(*b);
+                }
+                ct[body_index] = ct[body_index].wrapping_sub(delta(held) / 2);
+            }
+            Some(digit) => {
+                // The digit and the bit above it at the top of the torus, centred in their slots.
+                let shift = held - step.bits;
+                let half_slot = 1u64 << (62 - step.bits);
+                for (d, s) in scratch.shifted.as_mut().iter_mut().zip(ct.iter()) {
+                    *d = s << shift;
+                }
+                let body = &mut scratch.shifted.as_mut()[body_index];
+                *body = body.wrapping_add(half_slot);
+                self.bootstrap_shifted(scratch, &luts.sign, Bootstrap::Cheap);
+                // Clear the bit above the digit (returned as -/+ 1/4) and the centring.
+                let Scratch { shifted, extracted, .. } = &mut *scratch;
+                for (d, e) in shifted.as_mut().iter_mut().zip(extracted.as_ref()) {
+                    *d = d.wrapping_sub(*e);
+                }
+                let body = &mut shifted.as_mut()[body_index];
+                *body = body.wrapping_sub((1u64 << 62).wrapping_add(half_slot));
+                self.bootstrap_shifted(scratch, digit, key_of(step));
+                for (c, b) in ct.iter_mut().zip(scratch.extracted.as_ref()) {
+                    *c = c.wrapping_sub(*b);
+                }
+            }
         }
-        let body = scratch.shifted.as_mut().last_mut().expect("non-empty ciphertext");
-        *body = body.wrapping_add(1 << 62);
-        let mut bit = vec![0u64; ct.len()];
-        self.bootstrap_shifted(scratch, sign_lut, &mut bit, which);
-        // The bootstrap returned -/+ Delta/2 for bit 0/1; subtract bit * Delta.
-        for (c, b) in ct.iter_mut().zip(&bit) {
-            *c = c.wrapping_sub(*b);
-        }
-        let body = ct.last_mut().expect("non-empty ciphertext");
-        *body = body.wrapping_sub(delta(held) / 2);
-    }
-
-    /// Constant accumulator returning -Delta_held / 2 (negated on the upper half of the torus).
-    pub fn sign_accumulator(&self, held: u32) -> GlweCiphertextOwned<u64> {
-        let half = (delta(held) / 2).wrapping_neg();
-        self.accumulator(0, |_| half)
     }
 
     /// Final lookup of a requant: table `table`, output encoded with `output_bits`.
@@ -146,16 +192,24 @@ impl<'k> Engine<'k> {
         })
     }
 
-    /// Bootstrap a ciphertext holding W bits through `lut` into `out`.
+    /// Bootstrap a ciphertext holding W bits through `lut` (precise key) into `out`.
     pub fn lookup(&self, scratch: &mut Scratch, ct: &[u64], lut: &GlweCiphertextOwned<u64>, out: &mut [u64]) {
         scratch.shifted.as_mut().copy_from_slice(ct);
-        self.bootstrap_shifted(scratch, lut, out, Bootstrap::Precise);
+        self.bootstrap_shifted(scratch, lut, Bootstrap::Precise);
+        out.copy_from_slice(scratch.extracted.as_ref());
     }
 
     fn requant(&self, layer: &Requant, input: Ciphertexts, progress: Option<&ProgressBar>) -> Ciphertexts {
         let size = input.lwe_size().0;
-        let sign_luts: Vec<_> = (0..layer.shift())
-            .map(|step| self.sign_accumulator(layer.acc_bits - step))
+        let mut held = layer.acc_bits;
+        let step_luts: Vec<_> = layer
+            .steps
+            .iter()
+            .map(|st| {
+                let luts = self.step_luts(held, st.bits);
+                held -= st.bits;
+                luts
+            })
             .collect();
         let tables: Vec<_> = layer
             .tables
@@ -171,14 +225,10 @@ impl<'k> Engine<'k> {
             .for_each_init(
                 || self.scratch(),
                 |scratch, (i, (ct, dst))| {
-                    for (step, lut) in sign_luts.iter().enumerate() {
-                        let step = step as u32;
-                        let which = if step < layer.precise_steps {
-                            Bootstrap::Precise
-                        } else {
-                            Bootstrap::Cheap
-                        };
-                        self.truncation_step(scratch, ct, layer.acc_bits - step, lut, which);
+                    let mut held = layer.acc_bits;
+                    for (step, luts) in layer.steps.iter().zip(&step_luts) {
+                        self.truncation_step(scratch, ct, held, *step, luts);
+                        held -= step.bits;
                     }
                     self.lookup(scratch, ct, &tables[i / per_channel], dst);
                     if let Some(bar) = progress {

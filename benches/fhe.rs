@@ -1,0 +1,78 @@
+//! Criterion benchmarks: one keyswitch + bootstrap per key, one requant layer, and the whole
+//! tiny-pkn encrypted inference. `make bench` runs them (the whole inference takes minutes per
+//! sample; set PKN_BENCH_QUICK=1 to skip it).
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use pkn::circuit::{Layer, TruncStep};
+use pkn::cli::compile_model;
+use pkn::compile::CompileOptions;
+use pkn::eval::{clear, fhe};
+use pkn::io::{image::load_gray_png, resolve::resolve_model};
+use pkn::keys::ClientKey;
+use tfhe::core_crypto::prelude::ContiguousEntityContainer;
+
+fn benches(c: &mut Criterion) {
+    let circuit = compile_model(&resolve_model("tiny-pkn").unwrap(), &CompileOptions::default()).unwrap();
+    let params = circuit.fhe_params().unwrap();
+    let (client, server) = ClientKey::generate(params);
+    let key = server.expand();
+    let engine = fhe::Engine::new(&key);
+    let mut scratch = engine.scratch();
+    let ct = client.encrypt(&[5], 10).par_decompress_into_lwe_ciphertext_list();
+    let ct = ct.get(0).as_ref().to_vec();
+
+    let mut group = c.benchmark_group("bootstrap");
+    for (bits, precise) in [(1, false), (1, true), (4, false)] {
+        let step = TruncStep { bits, precise };
+        let luts = engine.step_luts(10, bits);
+        let name = format!(
+            "truncation step of {bits} bit(s), {} key ({} KS + PBS, 1 thread)",
+            if precise { "precise" } else { "cheap" },
+            step.bootstraps()
+        );
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                let mut x = ct.clone();
+                engine.truncation_step(&mut scratch, &mut x, 10, step, &luts);
+                x
+            })
+        });
+    }
+    group.finish();
+
+    let pixels = load_gray_png(
+        &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("samples/test-0-ankle-boot.png"),
+        28,
+        28,
+    )
+    .unwrap();
+    let input = clear::quantize_pixels(&pixels, circuit.input.bits);
+    let encrypted = client
+        .encrypt(&input, circuit.input.encoding_bits)
+        .par_decompress_into_lwe_ciphertext_list();
+
+    let mut group = c.benchmark_group("layer");
+    group.sample_size(10);
+    // conv1 and its requant (784 activations) as a one-layer circuit.
+    let mut first = circuit.clone();
+    first.layers.truncate(2);
+    if let Layer::Requant(r) = &mut first.layers[1] {
+        r.output_encoding_bits = circuit.output.bits;
+    }
+    group.bench_function("tiny-pkn conv1 + truncation + tables (2 threads)", |b| {
+        b.iter(|| fhe::run(&first, &key, encrypted.clone(), None))
+    });
+    group.finish();
+
+    if std::env::var_os("PKN_BENCH_QUICK").is_none() {
+        let mut group = c.benchmark_group("inference");
+        group.sample_size(10);
+        group.bench_function("tiny-pkn whole encrypted inference (2 threads)", |b| {
+            b.iter(|| fhe::run(&circuit, &key, encrypted.clone(), None))
+        });
+        group.finish();
+    }
+}
+
+criterion_group!(fhe_benches, benches);
+criterion_main!(fhe_benches);
