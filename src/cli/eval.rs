@@ -2,8 +2,12 @@ use std::path::PathBuf;
 
 use rayon::prelude::*;
 
+use std::time::Instant;
+
 use super::ModelArgs;
-use crate::eval::clear;
+use crate::circuit::Circuit;
+use crate::eval::{clear, fhe};
+use crate::keys::ClientKey;
 use crate::io::idx::{self, DEFAULT_DATA_DIR};
 
 #[derive(clap::Args, Debug)]
@@ -16,6 +20,9 @@ pub struct Args {
     /// Evaluate only the first N test images.
     #[arg(long)]
     pub limit: Option<usize>,
+    /// Also run the first K images encrypted (fresh keys) and count bit-exact matches with the clear circuit.
+    #[arg(long, value_name = "K", default_value_t = 0)]
+    pub fhe: usize,
 }
 
 fn find(dir: &std::path::Path, stem: &str) -> anyhow::Result<PathBuf> {
@@ -59,5 +66,40 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         100.0 * correct as f64 / images.len().max(1) as f64,
         images.len()
     );
+    if a.fhe > 0 {
+        check_fhe(&circuit, &images[..a.fhe.min(images.len())], &labels)?;
+    }
+    Ok(())
+}
+
+/// Encrypted inference on `images` with fresh keys: bit-exact matches with the clear circuit,
+/// encrypted accuracy and time per image.
+fn check_fhe(circuit: &Circuit, images: &[Vec<u8>], labels: &[u8]) -> anyhow::Result<()> {
+    let (client, server) = ClientKey::generate(circuit.fhe_params()?);
+    let key = server.expand();
+    let (pbs, _) = circuit.pbs_counts();
+    let bar = indicatif::ProgressBar::new(pbs * images.len() as u64).with_style(
+        indicatif::ProgressStyle::with_template("encrypted [{bar:40}] {pos}/{len} bootstraps, ETA {eta}")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    let (mut matches, mut correct) = (0, 0);
+    let start = Instant::now();
+    for (img, &label) in images.iter().zip(labels) {
+        let input = clear::quantize_pixels(img, circuit.input.bits);
+        let cts = client.encrypt(&input, circuit.input.encoding_bits).par_decompress_into_lwe_ciphertext_list();
+        let got = client.decrypt(&fhe::run(circuit, &key, cts, Some(&bar)), circuit.output.bits);
+        matches += usize::from(got == clear::run(circuit, &input));
+        correct += usize::from(clear::argmax(&got) == label as usize);
+    }
+    bar.finish_and_clear();
+    let n = images.len();
+    println!(
+        "encrypted: {matches}/{n} bit-exact with the clear circuit, accuracy {correct}/{n}, {:.1} s per image",
+        start.elapsed().as_secs_f64() / n as f64
+    );
+    if matches != n {
+        anyhow::bail!("{} encrypted results differ from the clear circuit", n - matches);
+    }
     Ok(())
 }
