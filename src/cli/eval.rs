@@ -7,8 +7,8 @@ use std::time::Instant;
 use super::ModelArgs;
 use crate::circuit::Circuit;
 use crate::eval::{clear, fhe};
-use crate::keys::ClientKey;
 use crate::io::idx::{self, DEFAULT_DATA_DIR};
+use crate::keys::ClientKey;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -87,7 +87,9 @@ fn check_fhe(circuit: &Circuit, images: &[Vec<u8>], labels: &[u8]) -> anyhow::Re
     let start = Instant::now();
     for (img, &label) in images.iter().zip(labels) {
         let input = clear::quantize_pixels(img, circuit.input.bits);
-        let cts = client.encrypt(&input, circuit.input.encoding_bits).par_decompress_into_lwe_ciphertext_list();
+        let cts = client
+            .encrypt(&input, circuit.input.encoding_bits)
+            .par_decompress_into_lwe_ciphertext_list();
         let got = client.decrypt(&fhe::run(circuit, &key, cts, Some(&bar)), circuit.output.bits);
         matches += usize::from(got == clear::run(circuit, &input));
         correct += usize::from(clear::argmax(&got) == label as usize);
