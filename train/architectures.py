@@ -12,12 +12,17 @@ def pkn_bn(act, bn):
     return [{"op": "pkn", "name": act}, {"op": "batch_norm", "name": bn, "eps": 1e-5}]
 
 
-def tiny_pkn(input_bits=4, weight_bits=4, activation_bits=4):
+def quantization(input_bits, weight_bits, activation_bits, window_margin, activation_clip):
+    return {"input_bits": input_bits, "weight_bits": weight_bits, "activation_bits": activation_bits,
+            "window_margin": window_margin, "activation_clip": activation_clip}
+
+
+def tiny_pkn(q):
     return {
         "name": "tiny-pkn",
         "input": [1, 28, 28],
         "classes": CLASSES,
-        "quantization": {"input_bits": input_bits, "weight_bits": weight_bits, "activation_bits": activation_bits},
+        "quantization": q,
         "layers": [conv("conv1", 1, 4, 3, 2, 1), *pkn_bn("act1", "bn1"),
                    conv("conv2", 4, 8, 3, 2, 1), *pkn_bn("act2", "bn2"),
                    {"op": "flatten"},
@@ -25,12 +30,12 @@ def tiny_pkn(input_bits=4, weight_bits=4, activation_bits=4):
     }
 
 
-def cnn_pkn(input_bits=4, weight_bits=4, activation_bits=4):
+def cnn_pkn(q):
     return {
         "name": "cnn-pkn",
         "input": [1, 28, 28],
         "classes": CLASSES,
-        "quantization": {"input_bits": input_bits, "weight_bits": weight_bits, "activation_bits": activation_bits},
+        "quantization": q,
         "layers": [conv("conv1", 1, 16, 5), *pkn_bn("act1", "bn1"), {"op": "avg_pool", "kernel": 2},
                    conv("conv2", 16, 32, 5), *pkn_bn("act2", "bn2"), {"op": "avg_pool", "kernel": 2},
                    {"op": "flatten"},

@@ -28,6 +28,13 @@ def ste(x, value):
     return x + (value - x).detach()
 
 
+def clipped_range(y, clip):
+    """The k-th smallest and k-th largest values, k = floor(clip * (n - 1)) (src/compile/mod.rs)."""
+    flat = y.reshape(-1)
+    k = math.floor(clip * (flat.numel() - 1))
+    return torch.kthvalue(flat, k + 1).values, torch.kthvalue(flat, flat.numel() - k).values
+
+
 def bits_for(width):
     """Bits needed to hold `width` distinct values (src/compile/mod.rs bits_for)."""
     width = max(int(width), 1)
@@ -76,12 +83,13 @@ class QLinear(nn.Module):
     With an empty chain and `output=True` it is the output layer (no table, per-tensor scale).
     """
 
-    def __init__(self, layer, chain, weight_bits, act_bits, lut_bits, margin, output=False, worst_case=False):
+    def __init__(self, layer, chain, weight_bits, act_bits, lut_bits, margin, output=False, worst_case=False,
+                 act_clip=0.001):
         super().__init__()
         self.layer = layer
         self.chain = nn.ModuleList(chain)
         self.weight_bits, self.act_bits, self.lut_bits = weight_bits, act_bits, lut_bits
-        self.margin, self.output, self.worst_case = margin, output, worst_case
+        self.margin, self.output, self.worst_case, self.act_clip = margin, output, worst_case, act_clip
         c = layer.out_channels if isinstance(layer, nn.Conv2d) else layer.out_features
         self.register_buffer("acc_lo", torch.zeros(c))
         self.register_buffer("acc_hi", torch.zeros(c))
@@ -179,12 +187,13 @@ class QLinear(nn.Module):
         y = self.apply_chain(pre(ste(acc, centre)))
         if self.calibrating or (self.training and not self.frozen):
             y_exact = self.apply_chain(pre(raw)).detach()
+            ylo, yhi = clipped_range(y_exact, self.act_clip)
             if self.calibrating:
-                self.y_lo.copy_(y_exact.min())
-                self.y_hi.copy_(y_exact.max())
+                self.y_lo.copy_(ylo)
+                self.y_hi.copy_(yhi)
             else:
-                self.ema(self.y_lo, y_exact.min())
-                self.ema(self.y_hi, y_exact.max())
+                self.ema(self.y_lo, ylo)
+                self.ema(self.y_hi, yhi)
                 self.seen += 1
         levels = (1 << self.act_bits) - 1
         a_lo, a_hi = min(float(self.y_lo), 0.0), max(float(self.y_hi), 0.0)
@@ -209,7 +218,7 @@ class SumPool(nn.Module):
 class QNet(nn.Module):
     """A sequence of QLinear / SumPool / flatten stages driven by pkn's architecture list."""
 
-    def __init__(self, arch, margin=0.25, lut_bits=4):
+    def __init__(self, arch, margin=0.25, lut_bits=4, act_clip=0.001):
         super().__init__()
         self.arch = arch
         q = arch["quantization"]
@@ -241,7 +250,8 @@ class QNet(nn.Module):
                     chain.append(m)
                     j += 1
                 is_out = i == linear_idx[-1] and not chain
-                self.stages.append(QLinear(mod, chain, q["weight_bits"], q["activation_bits"], lut_bits, margin, output=is_out))
+                self.stages.append(QLinear(mod, chain, q["weight_bits"], q["activation_bits"], lut_bits, margin,
+                                           output=is_out, act_clip=act_clip))
                 i = j
             elif l["op"] == "avg_pool":
                 self.stages.append(SumPool(l["kernel"], l.get("stride") or l["kernel"]))

@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from architectures import ZOO
+from architectures import ZOO, quantization
 from pknq import QNet
 
 DATA = "/usr/share/datasets/fashion-mnist"
@@ -89,6 +89,7 @@ def main():
     p.add_argument("--act-bits", type=int, default=4)
     p.add_argument("--lut-bits", type=int, default=4)
     p.add_argument("--margin", type=float, default=0.25)
+    p.add_argument("--act-clip", type=float, default=0.001, help="fraction clipped at each end of activation ranges")
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data", default=DATA)
@@ -96,7 +97,7 @@ def main():
     a = p.parse_args()
     torch.manual_seed(a.seed)
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", os.cpu_count() or 1)))
-    arch = ZOO[a.model](a.input_bits, a.weight_bits, a.act_bits)
+    arch = ZOO[a.model](quantization(a.input_bits, a.weight_bits, a.act_bits, a.margin, a.act_clip))
     find = lambda stem: next(f for f in (f"{a.data}/{stem}.gz", f"{a.data}/{stem}") if os.path.exists(f))
     xtr = torch.from_numpy(read_idx(find("train-images-idx3-ubyte")).copy())
     ytr = torch.from_numpy(read_idx(find("train-labels-idx1-ubyte")).astype(np.int64))
@@ -104,7 +105,7 @@ def main():
     yte = torch.from_numpy(read_idx(find("t10k-labels-idx1-ubyte")).astype(np.int64))
     calib = torch.from_numpy(read_idx(os.path.join(HERE, "..", "weights", "calibration-images.idx")).copy())
 
-    model = QNet(arch, margin=a.margin, lut_bits=a.lut_bits)
+    model = QNet(arch, margin=a.margin, lut_bits=a.lut_bits, act_clip=a.act_clip)
     for epoch in range(a.epochs):
         run_epochs(model, xtr, ytr, 1, a.lr * 0.5 * (1 + np.cos(np.pi * epoch / a.epochs)), frozen=False)
         print(f"phase 1 epoch {epoch + 1}: test accuracy (moving windows) {accuracy(model, xte, yte):.4f}", flush=True)

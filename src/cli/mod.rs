@@ -12,7 +12,7 @@ use std::path::Path;
 use clap::{Parser, Subcommand};
 
 use crate::circuit::{Circuit, OutputSpec};
-use crate::compile::{compile, CompileOptions, WindowMode};
+use crate::compile::{compile, CompileOptions};
 use crate::io::{idx, resolve};
 use crate::model::load_model;
 
@@ -39,13 +39,17 @@ pub struct ModelArgs {
     /// Size each accumulator window by its worst case instead of calibration plus a margin.
     #[arg(long)]
     pub worst_case: bool,
-    /// Margin added to calibrated accumulator ranges (0.25 = 25 %).
-    #[arg(long, default_value_t = 0.25)]
-    pub margin: f64,
+    /// Margin added to calibrated accumulator ranges (0.25 = 25 %) [default: the model's, else 0.25].
+    #[arg(long)]
+    pub margin: Option<f64>,
     /// Bits read by each table (W). Above 4 no 2048-coefficient bootstrap meets 2^-64, so only
     /// the clear evaluator (eval, inspect, infer --clear) can run such a circuit.
-    #[arg(long, default_value_t = 4)]
-    pub lut_bits: u32,
+    #[arg(long)]
+    pub lut_bits: Option<u32>,
+    /// Fraction of calibration activations clipped at each end of every activation range
+    /// [default: the model's, else 0.001].
+    #[arg(long)]
+    pub act_clip: Option<f64>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -76,23 +80,18 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 impl ModelArgs {
-    pub fn options(&self) -> anyhow::Result<CompileOptions> {
-        if !(0.0..=4.0).contains(&self.margin) {
-            anyhow::bail!("--margin must be between 0 and 4, got {}", self.margin);
-        }
-        Ok(CompileOptions {
-            window: if self.worst_case {
-                WindowMode::WorstCase
-            } else {
-                WindowMode::Calibrated { margin: self.margin }
-            },
+    pub fn options(&self) -> CompileOptions {
+        CompileOptions {
+            worst_case: self.worst_case,
+            margin: self.margin,
             lut_bits: self.lut_bits,
-        })
+            act_clip: self.act_clip,
+        }
     }
 
     /// Resolve, load and compile the model.
     pub fn circuit(&self) -> anyhow::Result<Circuit> {
-        compile_model(&resolve::resolve_model(&self.model)?, &self.options()?)
+        compile_model(&resolve::resolve_model(&self.model)?, &self.options())
     }
 }
 

@@ -23,30 +23,30 @@ use crate::model::{Model, Node};
 use crate::params::{FheParams, LOG2_PFAIL_LIMIT};
 use quantize::{quantize_weights, ActQuant, Chain};
 
-/// How the window of accumulator bits that feeds each table is sized.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub enum WindowMode {
-    /// The calibrated range widened by `margin` (0.25 = 25 %); values outside it wrap, exactly as
-    /// the clear evaluator defines.
-    Calibrated { margin: f64 },
-    /// The worst case over all inputs: no value ever leaves its window.
-    WorstCase,
-}
+/// Margin added to calibrated accumulator ranges when neither the options nor the model set one.
+pub const DEFAULT_MARGIN: f64 = 0.25;
+/// Fraction of activations clipped at each end when neither the options nor the model set one.
+pub const DEFAULT_ACT_CLIP: f64 = 0.001;
 
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct CompileOptions {
-    pub window: WindowMode,
-    /// Bits read by each table (W); 4 is the most the 2048-coefficient bootstrap reads at 2^-64.
-    pub lut_bits: u32,
+    /// Size every accumulator window by its worst case (no value ever leaves it) instead of the
+    /// calibrated range plus a margin (values outside wrap, exactly as the clear evaluator defines).
+    pub worst_case: bool,
+    /// Margin on calibrated ranges (0.25 = 25 %); None: the model's `window_margin`, else 0.25.
+    pub margin: Option<f64>,
+    /// Bits read by each table (W); None: 4, the most the 2048-coefficient bootstrap reads at 2^-64.
+    pub lut_bits: Option<u32>,
+    /// Fraction of calibration activations left outside the activation range at each end (they
+    /// saturate); None: the model's `activation_clip`, else 0.001.
+    pub act_clip: Option<f64>,
 }
 
-impl Default for CompileOptions {
-    fn default() -> Self {
-        CompileOptions {
-            window: WindowMode::Calibrated { margin: 0.25 },
-            lut_bits: 4,
-        }
-    }
+/// Options with every default resolved against the model.
+struct Resolved {
+    margin: Option<f64>,
+    lut_bits: u32,
+    act_clip: f64,
 }
 
 /// Range [lo, hi] every element of a tensor is known to lie in.
@@ -70,14 +70,28 @@ pub fn compile(model: &Model, calibration: &[Vec<u8>], options: &CompileOptions)
     if calibration.is_empty() {
         return Err(Error::Compile("no calibration images".into()));
     }
+    let arch = &model.arch;
+    let q = arch.quantization;
+    let options = &Resolved {
+        margin: (!options.worst_case).then(|| options.margin.or(q.window_margin).unwrap_or(DEFAULT_MARGIN)),
+        lut_bits: options.lut_bits.unwrap_or(4),
+        act_clip: options.act_clip.or(q.activation_clip).unwrap_or(DEFAULT_ACT_CLIP),
+    };
+    if !(0.0..0.5).contains(&options.act_clip) {
+        return Err(Error::Compile(format!(
+            "activation clip {} must be in [0, 0.5)",
+            options.act_clip
+        )));
+    }
+    if options.margin.is_some_and(|m| !(0.0..=4.0).contains(&m)) {
+        return Err(Error::Compile("the window margin must be between 0 and 4".into()));
+    }
     if !(1..=8).contains(&options.lut_bits) {
         return Err(Error::Compile(format!(
             "table input of {} bits is not supported (1..=8)",
             options.lut_bits
         )));
     }
-    let arch = &model.arch;
-    let q = arch.quantization;
     let shape = Shape {
         channels: arch.input[0],
         height: arch.input[1],
@@ -308,7 +322,7 @@ fn requantize(
     chain: Chain,
     state: &mut State,
     act_bits: u32,
-    options: &CompileOptions,
+    options: &Resolved,
 ) -> Result<(Linear, Requant)> {
     let layer = &mut lin.layer;
     let shape = layer.out_shape;
@@ -332,10 +346,7 @@ fn requantize(
         .collect();
     let worst_bits = worst.iter().map(|b| bits_for(b.hi - b.lo + 1)).max().unwrap_or(1);
     // The width each channel's window must hold, and the bits of the widest.
-    let margin = match options.window {
-        WindowMode::Calibrated { margin } => Some(margin),
-        WindowMode::WorstCase => None,
-    };
+    let margin = options.margin;
     let calibrated_need = |b: &Bounds, m: f64| ((b.hi - b.lo + 1) as f64 * (1.0 + m)).ceil() as i64;
     let calibrated_bits = margin.map(|m| {
         calibrated
@@ -387,16 +398,18 @@ fn requantize(
     let shift = acc_bits - options.lut_bits;
     // Activation quantization from the float values the calibration accumulators stand for.
     let float_of = |c: usize, acc: f64| chain.apply(c, lin.weight_scale[c] * (acc - lin.zero_term[c]) + lin.bias[c]);
-    let mut y_lo = f64::INFINITY;
-    let mut y_hi = f64::NEG_INFINITY;
-    for acc in &accs {
-        for (idx, &v) in acc.iter().enumerate() {
-            let y = float_of(idx / per_channel, v as f64);
-            y_lo = y_lo.min(y);
-            y_hi = y_hi.max(y);
-        }
-    }
-    let act = ActQuant::from_range(y_lo, y_hi, act_bits);
+    let mut ys: Vec<f64> = accs
+        .iter()
+        .flat_map(|acc| {
+            acc.iter()
+                .enumerate()
+                .map(|(idx, &v)| float_of(idx / per_channel, v as f64))
+        })
+        .collect();
+    ys.sort_by(f64::total_cmp);
+    // Clip the rarest values at each end: their levels are better spent on the bulk.
+    let k = (options.act_clip * (ys.len() - 1) as f64).floor() as usize;
+    let act = ActQuant::from_range(ys[k], ys[ys.len() - 1 - k], act_bits);
     let tables = (0..shape.channels)
         .map(|c| {
             (0..1i64 << options.lut_bits)

@@ -25,6 +25,12 @@ pub struct Quantization {
     pub input_bits: u32,
     pub weight_bits: u32,
     pub activation_bits: u32,
+    /// Margin on calibrated accumulator ranges the model was trained with (compile default 0.25).
+    #[serde(default)]
+    pub window_margin: Option<f64>,
+    /// Fraction of activations clipped at each end the model was trained with (default 0.001).
+    #[serde(default)]
+    pub activation_clip: Option<f64>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
