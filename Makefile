@@ -1,16 +1,18 @@
 # pkn: the two commands a new user needs are `make demo` and `make test`.
 BIN := target/release/pkn
-SAMPLE := samples/test-0-ankle-boot.png
+SAMPLE := samples/test-1-pullover.png
 
 .PHONY: build demo test bench lint clean
 
 build:
 	cargo build --release
 
-# Real encrypted inference on the bundled sample with the default model (tiny-pkn), in demo/.
+# Real encrypted inference on the bundled sample with the default model (tiny-pkn), in demo/,
+# then the clear integer reference on the same image, which the decrypted result must equal.
 demo: build
 	mkdir -p demo
 	cd demo && ../$(BIN) keygen --force && ../$(BIN) encrypt ../$(SAMPLE) && ../$(BIN) infer && ../$(BIN) decrypt
+	cd demo && ../$(BIN) infer --clear ../$(SAMPLE)
 
 # Unit tests, then the FHE exactness and CLI integration tests (release mode: FHE is slow in debug).
 test:

@@ -13,7 +13,7 @@ export PKN_WEIGHTS=$OLDPWD/weights
 timed() { /usr/bin/time -f "%e s, peak RSS %M KiB" "$@"; }
 echo "== $model on $(nproc) cores, $(date -u +%F)"
 timed "$bin" keygen --model "$model"
-timed "$bin" encrypt "$OLDPWD/samples/test-0-ankle-boot.png" --model "$model"
+timed "$bin" encrypt "$OLDPWD/samples/test-1-pullover.png" --model "$model"
 timed "$bin" infer --model "$model"
 timed "$bin" decrypt
 ls -l client.key server.key input.ct output.ct | awk '{print $5, $9}'
