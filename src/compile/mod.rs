@@ -375,7 +375,8 @@ fn requantize(
         )));
     }
     // Stretch narrow channels by an integer gain so that every channel fills the window: exact
-    // (the gain multiplies integer weights) and free (no extra bootstrap).
+    // (the gain multiplies integer weights) and without extra bootstraps; it costs noise, which the
+    // parameter choice accounts for.
     let row_len = layer.weights.len() / shape.channels;
     for (c, need) in needs.iter().enumerate() {
         let gain = ((1i64 << acc_bits) / need.max(&1)).max(1);
