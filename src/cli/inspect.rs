@@ -15,8 +15,17 @@ pub struct Args {
 pub const MS_PER_STOCK_PBS_2_THREADS: f64 = 16.4;
 
 pub fn run(a: Args) -> anyhow::Result<()> {
-    let c = a.model.circuit()?;
-    let params = c.fhe_params()?;
+    let compiled = a.model.circuit()?;
+    // A circuit no parameter set runs exactly is shown with the most precise set, then refused.
+    let refusal = compiled.fhe_params().err();
+    let c = match refusal {
+        None => compiled.clone(),
+        Some(_) => candidates(&compiled)
+            .last()
+            .expect("there are candidates")
+            .planned(&compiled),
+    };
+    let params = c.params.expect("planned circuits carry parameters");
     let report = noise::analyse(&c, &params);
     println!("model {} (circuit id {}, format {})", c.name, hex(&c.id()), c.version);
     let s = c.input.shape;
@@ -80,7 +89,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         params.name(),
         report.worst_log2_pfail()
     );
-    for candidate in candidates(&c) {
+    for candidate in candidates(&compiled) {
         let worst = candidate.report.worst_log2_pfail();
         let verdict = if worst <= LOG2_PFAIL_LIMIT { "meets" } else { "fails" };
         println!(
@@ -91,7 +100,10 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     }
     let secs = c.relative_cost(&params) * MS_PER_STOCK_PBS_2_THREADS / 1000.0;
     println!("estimated encrypted inference on 2 cores: {secs:.0} s (estimate from the cost model, not a measurement)");
-    Ok(())
+    match refusal {
+        None => Ok(()),
+        Some(err) => Err(err.into()),
+    }
 }
 
 /// Truncation steps as "4+2 bits" with precise steps marked by "*".

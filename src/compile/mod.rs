@@ -481,6 +481,16 @@ pub struct Candidate {
     plan: Vec<(usize, Vec<TruncStep>)>,
 }
 
+impl Candidate {
+    /// The circuit with this candidate's truncation plan and parameters.
+    pub fn planned(&self, circuit: &Circuit) -> Circuit {
+        let mut c = circuit.clone();
+        apply_plan(&mut c, &self.plan);
+        c.params = Some(self.params);
+        c
+    }
+}
+
 /// Every candidate set, each with its own plan of precise truncation steps.
 pub fn candidates(circuit: &Circuit) -> Vec<Candidate> {
     FheParams::candidates()
