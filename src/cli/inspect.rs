@@ -17,13 +17,11 @@ pub const MS_PER_STOCK_PBS_2_THREADS: f64 = 16.4;
 pub fn run(a: Args) -> anyhow::Result<()> {
     let compiled = a.model.circuit()?;
     // A circuit no parameter set runs exactly is shown with the most precise set, then refused.
+    let all = candidates(&compiled);
     let refusal = compiled.fhe_params().err();
     let c = match refusal {
         None => compiled.clone(),
-        Some(_) => candidates(&compiled)
-            .last()
-            .expect("there are candidates")
-            .planned(&compiled),
+        Some(_) => all.last().expect("there are candidates").planned(&compiled),
     };
     let params = c.params.expect("planned circuits carry parameters");
     let report = noise::analyse(&c, &params);
@@ -89,7 +87,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         params.name(),
         report.worst_log2_pfail()
     );
-    for candidate in candidates(&compiled) {
+    for candidate in &all {
         let worst = candidate.report.worst_log2_pfail();
         let verdict = if worst <= LOG2_PFAIL_LIMIT { "meets" } else { "fails" };
         println!(

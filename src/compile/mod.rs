@@ -344,28 +344,22 @@ fn requantize(
             b
         })
         .collect();
-    let worst_bits = worst.iter().map(|b| bits_for(b.hi - b.lo + 1)).max().unwrap_or(1);
     // The width each channel's window must hold, and the bits of the widest.
-    let margin = options.margin;
-    let calibrated_need = |b: &Bounds, m: f64| ((b.hi - b.lo + 1) as f64 * (1.0 + m)).ceil() as i64;
-    let calibrated_bits = margin.map(|m| {
+    let widest_bits = |needs: &[i64]| needs.iter().map(|&w| bits_for(w)).max().unwrap_or(1);
+    let worst_needs: Vec<i64> = worst.iter().map(|b| b.hi - b.lo + 1).collect();
+    let worst_bits = widest_bits(&worst_needs);
+    let calibrated_needs: Option<Vec<i64>> = options.margin.map(|m| {
         calibrated
             .iter()
-            .map(|b| bits_for(calibrated_need(b, m)))
-            .max()
-            .unwrap_or(1)
+            .map(|b| ((b.hi - b.lo + 1) as f64 * (1.0 + m)).ceil() as i64)
+            .collect()
     });
-    let (mut windows, needs, acc_bits) = match calibrated_bits {
-        Some(bits) if bits < worst_bits => {
-            let m = margin.unwrap_or(0.0);
-            let needs: Vec<i64> = calibrated.iter().map(|b| calibrated_need(b, m)).collect();
+    let (mut windows, needs, acc_bits) = match calibrated_needs {
+        Some(needs) if widest_bits(&needs) < worst_bits => {
+            let bits = widest_bits(&needs);
             (calibrated, needs, bits)
         }
-        _ => (
-            worst.clone(),
-            worst.iter().map(|b| b.hi - b.lo + 1).collect(),
-            worst_bits,
-        ),
+        _ => (worst, worst_needs, worst_bits),
     };
     let acc_bits = acc_bits.max(options.lut_bits);
     if acc_bits > 40 {
@@ -378,8 +372,11 @@ fn requantize(
     // (the gain multiplies integer weights) and without extra bootstraps; it costs noise, which the
     // parameter choice accounts for.
     let row_len = layer.weights.len() / shape.channels;
-    for (c, need) in needs.iter().enumerate() {
-        let gain = ((1i64 << acc_bits) / need.max(&1)).max(1);
+    let gains: Vec<i64> = needs
+        .iter()
+        .map(|need| ((1i64 << acc_bits) / need.max(&1)).max(1))
+        .collect();
+    for (c, &gain) in gains.iter().enumerate() {
         layer.weights[c * row_len..(c + 1) * row_len]
             .iter_mut()
             .for_each(|w| *w *= gain);
@@ -390,7 +387,16 @@ fn requantize(
             hi: windows[c].hi * gain,
         };
     }
-    let accs: Vec<Vec<i64>> = state.values.iter().map(|v| clear::linear(layer, v)).collect();
+    // The gained accumulators (offsets still zero): every term of channel c scales by its gain.
+    let accs: Vec<Vec<i64>> = raw_accs
+        .iter()
+        .map(|acc| {
+            acc.iter()
+                .enumerate()
+                .map(|(i, &v)| v * gains[i / per_channel])
+                .collect()
+        })
+        .collect();
     // Centre each channel's window in [0, 2^B).
     layer.offsets = windows
         .iter()
