@@ -253,6 +253,17 @@ impl Circuit {
             .sum()
     }
 
+    /// How many values the circuit holds before layer `index` runs (`None` past the end + 1).
+    pub fn values_before(&self, index: usize) -> Option<usize> {
+        if index == 0 {
+            return Some(self.input.shape.len());
+        }
+        self.layers.get(index - 1).map(|l| match l {
+            Layer::Linear(l) => l.out_shape.len(),
+            Layer::Requant(r) => r.shape.len(),
+        })
+    }
+
     /// Total bootstraps, and how many of them are truncation steps.
     pub fn pbs_counts(&self) -> (u64, u64) {
         self.requants().fold((0, 0), |(all, trunc), r| {

@@ -83,6 +83,50 @@ fn encrypted_inference_through_the_cli_equals_the_clear_reference() {
     fails(d, &["keygen"], "already exists");
 }
 
+/// A run killed with SIGKILL after its first checkpoint resumes from it and writes the same
+/// output, bit for bit, as an uninterrupted run; a second run on the same output is refused meanwhile.
+#[test]
+fn a_killed_inference_resumes_and_gives_the_same_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    ok(d, &["keygen"]);
+    ok(d, &["encrypt", &sample("test-0-ankle-boot.png")]);
+    ok(d, &["infer", "-o", "whole.ct"]);
+
+    let mut run = Command::new(env!("CARGO_BIN_EXE_pkn"))
+        .args(["infer", "-o", "resumed.ct"])
+        .current_dir(d)
+        .env("PKN_WEIGHTS", Path::new(env!("CARGO_MANIFEST_DIR")).join("weights"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("pkn runs");
+    let checkpoint = d.join("resumed.ct.ckpt");
+    while !checkpoint.exists() {
+        assert!(
+            run.try_wait().unwrap().is_none(),
+            "infer ended before its first checkpoint"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    fails(
+        d,
+        &["infer", "-o", "resumed.ct"],
+        "another pkn infer is writing resumed.ct",
+    );
+    run.kill().unwrap();
+    run.wait().unwrap();
+    assert!(!d.join("resumed.ct").exists());
+
+    let resumed = ok(d, &["infer", "-o", "resumed.ct"]);
+    assert!(resumed.contains("resuming from"), "did not resume: {resumed}");
+    assert_eq!(
+        std::fs::read(d.join("resumed.ct")).unwrap(),
+        std::fs::read(d.join("whole.ct")).unwrap()
+    );
+    assert!(!checkpoint.exists(), "the checkpoint outlived the run");
+}
+
 #[test]
 fn bad_inputs_give_one_clear_error_and_keep_existing_files() {
     let dir = tempfile::tempdir().unwrap();

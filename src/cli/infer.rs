@@ -8,6 +8,7 @@ use super::encrypt::EncryptedInput;
 use super::{print_prediction, ModelArgs, DEFAULT_INPUT, DEFAULT_OUTPUT, DEFAULT_SERVER_KEY};
 use crate::circuit::OutputSpec;
 use crate::eval::{clear, fhe};
+use crate::io::checkpoint::{file_digest, Checkpointing, Resume};
 use crate::io::container::{self, hex, Ids, Kind};
 use crate::io::image::load_gray_png;
 use crate::keys::ServerKey;
@@ -87,10 +88,33 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             a.input.display()
         );
     }
+    let ids = Ids {
+        key: key_ids.key,
+        model: model_id,
+    };
+    let checkpoints = Checkpointing::acquire(&a.output, ids, file_digest(&a.input)?)?;
+    let state = match checkpoints.load(&circuit, params.big_lwe_dimension() + 1) {
+        Resume::From(state) => state,
+        Resume::Fresh(reason) => {
+            if let Some(reason) = reason {
+                eprintln!("starting afresh: {reason}");
+            }
+            fhe::State::start(&circuit, ciphertexts)
+        }
+    };
     let start = Instant::now();
     let key = server_key.expand();
     let key_time = start.elapsed();
     let (pbs, trunc) = circuit.pbs_counts();
+    let done = state.bootstraps_done(&circuit);
+    if state.next_layer > 0 {
+        println!(
+            "resuming from {} after layer {} of {} ({done} of {pbs} bootstraps done)",
+            checkpoints.path().display(),
+            state.next_layer,
+            circuit.layers.len()
+        );
+    }
     let bar = indicatif::ProgressBar::new(pbs).with_style(
         indicatif::ProgressStyle::with_template(
             "{msg} [{bar:40}] {pos}/{len} bootstraps, {elapsed} elapsed, ETA {eta}",
@@ -98,25 +122,26 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         .expect("valid template")
         .progress_chars("=> "),
     );
+    bar.set_position(done);
+    bar.reset_eta();
     bar.set_message(format!("inferring {}", circuit.name));
     let run_start = Instant::now();
-    let outputs = fhe::run(&circuit, &key, ciphertexts, Some(&bar));
+    let engine = fhe::Engine::new(&key);
+    let outputs = fhe::resume(&circuit, &engine, state, Some(&bar), |s| checkpoints.save(s))?;
     bar.finish_and_clear();
     let secs = run_start.elapsed().as_secs_f64();
-    let ids = Ids {
-        key: key_ids.key,
-        model: model_id,
-    };
+    let run_pbs = pbs - done;
     let payload = EncryptedOutput {
         output: circuit.output.clone(),
         ciphertexts: outputs,
     };
     container::write(&a.output, Kind::OutputCiphertext, ids, &payload, false)?;
+    checkpoints.finish()?;
     println!(
-        "{}: {pbs} bootstraps ({trunc} for exact truncation) in {secs:.1} s ({:.2} ms each, key loaded in {:.1} s); \
-         encrypted result in {}",
+        "{}: {pbs} bootstraps ({trunc} for exact truncation); {run_pbs} run in {secs:.1} s ({:.2} ms each, key \
+         loaded in {:.1} s); encrypted result in {}",
         circuit.name,
-        secs * 1000.0 / pbs.max(1) as f64,
+        secs * 1000.0 / run_pbs.max(1) as f64,
         key_time.as_secs_f64(),
         a.output.display()
     );

@@ -8,6 +8,7 @@
 
 use indicatif::ProgressBar;
 use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
 use tfhe::core_crypto::fft_impl::fft64::math::fft::{Fft, FftView};
 use tfhe::core_crypto::prelude::*;
 
@@ -198,7 +199,14 @@ impl<'k> Engine<'k> {
         self.bootstrap_shifted(scratch, lut, Bootstrap::Precise);
         out.copy_from_slice(scratch.extracted.as_ref());
     }
+}
 
+/// Runs the bootstraps of a requant layer. The CPU [`Engine`] is one; a GPU backend is another.
+pub trait Bootstrapper {
+    fn requant(&self, layer: &Requant, input: Ciphertexts, progress: Option<&ProgressBar>) -> Ciphertexts;
+}
+
+impl Bootstrapper for Engine<'_> {
     fn requant(&self, layer: &Requant, input: Ciphertexts, progress: Option<&ProgressBar>) -> Ciphertexts {
         let size = input.lwe_size().0;
         let mut held = layer.acc_bits;
@@ -261,19 +269,72 @@ pub fn linear(layer: &Linear, input: &Ciphertexts, encoding_bits: u32) -> Cipher
     LweCiphertextList::from_container(out, LweSize(size), native())
 }
 
-/// Run the whole circuit on encrypted inputs; returns the encrypted outputs.
+/// Where an evaluation stands between layers; what a checkpoint stores to resume from.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct State {
+    /// Index of the next layer to run.
+    pub next_layer: usize,
+    /// Encoding of the ciphertexts held (Delta = 2^(63 - bits)).
+    pub encoding_bits: u32,
+    pub ciphertexts: Ciphertexts,
+}
+
+impl State {
+    /// The state before the first layer.
+    pub fn start(circuit: &Circuit, input: Ciphertexts) -> State {
+        State {
+            next_layer: 0,
+            encoding_bits: circuit.input.encoding_bits,
+            ciphertexts: input,
+        }
+    }
+
+    /// Bootstraps already done by the layers before `next_layer`.
+    pub fn bootstraps_done(&self, circuit: &Circuit) -> u64 {
+        circuit.layers[..self.next_layer.min(circuit.layers.len())]
+            .iter()
+            .map(|l| match l {
+                Layer::Requant(r) => r.pbs_per_activation() * r.shape.len() as u64,
+                Layer::Linear(_) => 0,
+            })
+            .sum()
+    }
+}
+
+/// Run the layers from `state.next_layer` to the end; `after_requant` sees the state after each
+/// requant layer (the expensive ones), for example to checkpoint it. Returns the encrypted outputs.
+pub fn resume<E>(
+    circuit: &Circuit,
+    engine: &dyn Bootstrapper,
+    mut state: State,
+    progress: Option<&ProgressBar>,
+    mut after_requant: impl FnMut(&State) -> Result<(), E>,
+) -> Result<Ciphertexts, E> {
+    while let Some(layer) = circuit.layers.get(state.next_layer) {
+        state.next_layer += 1;
+        match layer {
+            Layer::Linear(l) => state.ciphertexts = linear(l, &state.ciphertexts, state.encoding_bits),
+            Layer::Requant(r) => {
+                let input = std::mem::replace(
+                    &mut state.ciphertexts,
+                    LweCiphertextList::new(0, LweSize(1), LweCiphertextCount(0), native()),
+                );
+                state.ciphertexts = engine.requant(r, input, progress);
+                state.encoding_bits = r.output_encoding_bits;
+                after_requant(&state)?;
+            }
+        }
+    }
+    Ok(state.ciphertexts)
+}
+
+/// Run the whole circuit on encrypted inputs on the CPU; returns the encrypted outputs.
 pub fn run(circuit: &Circuit, key: &EvaluationKey, input: Ciphertexts, progress: Option<&ProgressBar>) -> Ciphertexts {
     let engine = Engine::new(key);
-    let mut encoding = circuit.input.encoding_bits;
-    let mut x = input;
-    for layer in &circuit.layers {
-        x = match layer {
-            Layer::Linear(l) => linear(l, &x, encoding),
-            Layer::Requant(r) => {
-                encoding = r.output_encoding_bits;
-                engine.requant(r, x, progress)
-            }
-        };
+    let done: Result<_, std::convert::Infallible> =
+        resume(circuit, &engine, State::start(circuit, input), progress, |_| Ok(()));
+    match done {
+        Ok(out) => out,
+        Err(never) => match never {},
     }
-    x
 }

@@ -28,6 +28,7 @@ pub enum Kind {
     ServerKey = 2,
     InputCiphertext = 3,
     OutputCiphertext = 4,
+    Checkpoint = 5,
 }
 
 impl Kind {
@@ -37,6 +38,7 @@ impl Kind {
             Kind::ServerKey,
             Kind::InputCiphertext,
             Kind::OutputCiphertext,
+            Kind::Checkpoint,
         ]
         .into_iter()
         .find(|k| *k as u8 == b)
@@ -48,6 +50,7 @@ impl Kind {
             Kind::ServerKey => "a server (evaluation) key",
             Kind::InputCiphertext => "an encrypted input",
             Kind::OutputCiphertext => "an encrypted result",
+            Kind::Checkpoint => "an inference checkpoint",
         }
     }
 }
