@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use crate::params::{Bootstrap, FheParams};
 
 /// Version of the serialised circuit (and of the compiler's output semantics).
-pub const CIRCUIT_VERSION: u32 = 1;
+pub const CIRCUIT_VERSION: u32 = 2;
 
 /// Channels, height, width.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -65,12 +65,23 @@ pub enum LinearOp {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Linear {
     pub name: String,
+    /// The tensor it reads: 0 is the circuit's input, i + 1 the output of layer i.
+    pub input: usize,
     pub op: LinearOp,
     pub in_shape: Shape,
     pub out_shape: Shape,
     pub weights: Vec<i64>,
     /// Added to every output of a channel (centring, folded zero points, integer bias).
     pub offsets: Vec<i64>,
+    /// A residual (skip) connection added to the weighted sums.
+    pub residual: Option<Residual>,
+}
+
+/// `output[o] += gains[c] * tensor[from][o]`, c the channel of o: the tensor has the output's shape.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Residual {
+    pub from: usize,
+    pub gains: Vec<i64>,
 }
 
 /// Exact truncation followed by one table lookup per activation.
@@ -211,10 +222,31 @@ pub fn window_output(size: usize, kernel: usize, stride: usize, padding: usize) 
     (padded >= kernel && stride > 0).then(|| (padded - kernel) / stride + 1)
 }
 
+/// A layer; layer i reads earlier tensors and produces tensor i + 1.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Layer {
     Linear(Linear),
+    /// Reads tensor i, the output of the linear layer before it.
     Requant(Requant),
+}
+
+impl Layer {
+    /// The tensors layer `index` reads.
+    pub fn inputs(&self, index: usize) -> Vec<usize> {
+        match self {
+            Layer::Linear(l) => std::iter::once(l.input)
+                .chain(l.residual.as_ref().map(|r| r.from))
+                .collect(),
+            Layer::Requant(_) => vec![index],
+        }
+    }
+
+    pub fn output_shape(&self) -> Shape {
+        match self {
+            Layer::Linear(l) => l.out_shape,
+            Layer::Requant(r) => r.shape,
+        }
+    }
 }
 
 /// How the client reads the decrypted output.
@@ -253,15 +285,44 @@ impl Circuit {
             .sum()
     }
 
-    /// How many values the circuit holds before layer `index` runs (`None` past the end + 1).
-    pub fn values_before(&self, index: usize) -> Option<usize> {
-        if index == 0 {
-            return Some(self.input.shape.len());
+    /// Shape of tensor `t` (0: the input, i + 1: the output of layer i).
+    pub fn tensor_shape(&self, t: usize) -> Option<Shape> {
+        match t {
+            0 => Some(self.input.shape),
+            _ => self.layers.get(t - 1).map(Layer::output_shape),
         }
-        self.layers.get(index - 1).map(|l| match l {
-            Layer::Linear(l) => l.out_shape.len(),
-            Layer::Requant(r) => r.shape.len(),
-        })
+    }
+
+    /// For every tensor, the last layer that reads it (the output tensor: `layers.len()`).
+    pub fn last_uses(&self) -> Vec<usize> {
+        let mut last = vec![0; self.layers.len() + 1];
+        for (i, layer) in self.layers.iter().enumerate() {
+            for t in layer.inputs(i) {
+                last[t] = i;
+            }
+        }
+        last[self.layers.len()] = self.layers.len();
+        last
+    }
+
+    /// The encoding (B of `Delta = 2^(63 - B)`) of every tensor. A requant reads its accumulator
+    /// with its `acc_bits`; the output is decrypted with `output.bits`; a tensor read by several
+    /// layers takes the largest width they need, and a reader needing fewer bits multiplies it by
+    /// 2^(difference) (exact, since it only drops high bits the reader's window does not hold).
+    pub fn tensor_encodings(&self) -> Vec<u32> {
+        let n = self.layers.len();
+        let mut enc = vec![0u32; n + 1];
+        enc[n] = self.output.bits;
+        for i in (0..n).rev() {
+            let needs = match &self.layers[i] {
+                Layer::Requant(r) => r.acc_bits,
+                Layer::Linear(_) => enc[i + 1],
+            };
+            for t in self.layers[i].inputs(i) {
+                enc[t] = enc[t].max(needs);
+            }
+        }
+        enc
     }
 
     /// Total bootstraps, and how many of them are truncation steps.

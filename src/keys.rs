@@ -7,8 +7,17 @@
 
 use serde::{Deserialize, Serialize};
 use tfhe::core_crypto::prelude::*;
+use zeroize::Zeroize;
 
 use crate::params::{Bootstrap, FheParams};
+
+/// Secret-key bits are wiped from memory when the key is dropped (tfhe's key types do not do it).
+impl Drop for ClientKey {
+    fn drop(&mut self) {
+        self.small_key.as_mut().zeroize();
+        self.glwe_key.as_mut().zeroize();
+    }
+}
 
 /// Identifier that ties ciphertexts to the key pair they belong to.
 pub type KeyId = [u8; 16];

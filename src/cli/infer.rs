@@ -106,7 +106,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let key = server_key.expand();
     let key_time = start.elapsed();
     let (pbs, trunc) = circuit.pbs_counts();
-    let done = state.bootstraps_done(&circuit);
+    let done = fhe::bootstraps_done(&circuit, &state);
     if state.next_layer > 0 {
         println!(
             "resuming from {} after layer {} of {} ({done} of {pbs} bootstraps done)",

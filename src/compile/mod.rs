@@ -14,6 +14,8 @@
 pub mod noise;
 mod quantize;
 
+use std::collections::{HashMap, HashSet};
+
 use crate::circuit::{
     window_output, Circuit, InputSpec, Layer, Linear, LinearOp, OutputSpec, Requant, Shape, TruncStep, CIRCUIT_VERSION,
 };
@@ -57,7 +59,10 @@ struct Bounds {
 }
 
 /// The integer tensor being built, on every calibration image.
+#[derive(Clone)]
 struct State {
+    /// Index of the circuit tensor that holds it.
+    tensor: usize,
     shape: Shape,
     values: Vec<Vec<i64>>,
     bounds: Bounds,
@@ -107,7 +112,8 @@ pub fn compile(model: &Model, calibration: &[Vec<u8>], options: &CompileOptions)
         }
     }
     let levels = (1i64 << q.input_bits) - 1;
-    let mut state = State {
+    let input_state = State {
+        tensor: 0,
         shape,
         values: calibration
             .iter()
@@ -117,74 +123,16 @@ pub fn compile(model: &Model, calibration: &[Vec<u8>], options: &CompileOptions)
         scale: 1.0 / levels as f64,
         zero_point: 0,
     };
-    let mut layers = Vec::new();
-    let mut output = None;
-    let mut i = 0;
-    while i < model.nodes.len() {
-        let node = &model.nodes[i];
-        i += 1;
-        match node {
-            Node::AvgPool { kernel, stride } => {
-                let layer = sum_pool(&state, *kernel, *stride)?;
-                let k2 = (kernel * kernel) as i64;
-                state.bounds = Bounds {
-                    lo: state.bounds.lo * k2,
-                    hi: state.bounds.hi * k2,
-                };
-                state.scale /= k2 as f64;
-                state.zero_point *= k2;
-                advance(&mut state, &layer);
-                layers.push(Layer::Linear(layer));
-            }
-            Node::Flatten => {
-                state.shape = Shape {
-                    channels: state.shape.len(),
-                    height: 1,
-                    width: 1,
-                };
-            }
-            Node::Add { from } => {
-                return Err(Error::Compile(format!(
-                    "residual add (from layer {from}) is not supported by this compiler version yet"
-                )))
-            }
-            Node::Pkn { name, .. } | Node::Affine { name, .. } => {
-                return Err(Error::Compile(format!(
-                    "layer {name} is element-wise but follows no convolution or dense layer"
-                )))
-            }
-            Node::Conv2d { .. } | Node::Dense { .. } => {
-                let chain_len = model.nodes[i..].iter().take_while(|n| n.is_elementwise()).count();
-                let chain = Chain::new(&model.nodes[i..i + chain_len]);
-                i += chain_len;
-                let is_last = !model.nodes[i..]
-                    .iter()
-                    .any(|n| matches!(n, Node::Conv2d { .. } | Node::Dense { .. }));
-                let lin = quantize_weights(node, &state, q.weight_bits, is_last && chain_len == 0)?;
-                if is_last && chain_len == 0 {
-                    if i < model.nodes.len() {
-                        return Err(Error::Compile(format!(
-                            "layers after the output layer {} are not supported",
-                            lin.layer.name
-                        )));
-                    }
-                    output = Some(output_layer(lin, &state, &arch.classes)?);
-                } else {
-                    let channels = lin.layer.out_shape.channels;
-                    if chain.channels().is_some_and(|c| c != channels) {
-                        return Err(Error::Compile(format!(
-                            "batch norm after {} has {} channels, the layer has {channels}",
-                            lin.layer.name,
-                            chain.channels().unwrap_or(0)
-                        )));
-                    }
-                    let (linear, requant) = requantize(lin, chain, &mut state, q.activation_bits, options)?;
-                    layers.push(Layer::Linear(linear));
-                    layers.push(Layer::Requant(requant));
-                }
-            }
-        }
-    }
+    let mut ctx = Builder {
+        model,
+        options,
+        layers: Vec::new(),
+        saved: HashMap::new(),
+        referenced: referenced_names(&model.nodes),
+        output: None,
+    };
+    ctx.nodes(&model.nodes, input_state, true)?;
+    let Builder { mut layers, output, .. } = ctx;
     let (out_layer, output_spec) = output
         .ok_or_else(|| Error::Compile("the model has no output layer (a dense or conv without activation)".into()))?;
     layers.push(Layer::Linear(out_layer));
@@ -195,28 +143,192 @@ pub fn compile(model: &Model, calibration: &[Vec<u8>], options: &CompileOptions)
             layers_output_len(&layers)
         )));
     }
-    link_encodings(&mut layers, output_spec.bits);
-    let input = InputSpec {
-        shape,
-        bits: q.input_bits,
-        encoding_bits: layers
-            .iter()
-            .find_map(|l| match l {
-                Layer::Requant(r) => Some(r.acc_bits),
-                Layer::Linear(_) => None,
-            })
-            .unwrap_or(output_spec.bits),
-    };
     let mut circuit = Circuit {
         version: CIRCUIT_VERSION,
         name: arch.name.clone(),
-        input,
+        input: InputSpec {
+            shape,
+            bits: q.input_bits,
+            encoding_bits: 0,
+        },
         layers,
         output: output_spec,
         params: None,
     };
+    link_encodings(&mut circuit);
     circuit.params = choose_params(&mut circuit).ok();
     Ok(circuit)
+}
+
+/// Tensors and layers built so far.
+struct Builder<'m> {
+    model: &'m Model,
+    options: &'m Resolved,
+    layers: Vec<Layer>,
+    /// Tensors that a later residual add reads, by the name of the layer that produced them.
+    saved: HashMap<String, State>,
+    referenced: HashSet<String>,
+    output: Option<(Linear, OutputSpec)>,
+}
+
+/// Names that residual adds read (`from`), anywhere in the model.
+fn referenced_names(nodes: &[Node]) -> HashSet<String> {
+    let mut names = HashSet::new();
+    for node in nodes {
+        if let Node::Add { from, shortcut, .. } = node {
+            names.insert(from.clone());
+            names.extend(referenced_names(shortcut));
+        }
+    }
+    names
+}
+
+impl Builder<'_> {
+    /// Compile `nodes` from `state`; only the top level (`top`) may end in the output layer.
+    fn nodes(&mut self, nodes: &[Node], mut state: State, top: bool) -> Result<State> {
+        let q = self.model.arch.quantization;
+        let mut i = 0;
+        while i < nodes.len() {
+            let node = &nodes[i];
+            i += 1;
+            match node {
+                Node::AvgPool { kernel, stride } => {
+                    let layer = sum_pool(&state, *kernel, *stride)?;
+                    let k2 = (kernel * kernel) as i64;
+                    state.bounds = Bounds {
+                        lo: state.bounds.lo * k2,
+                        hi: state.bounds.hi * k2,
+                    };
+                    state.scale /= k2 as f64;
+                    state.zero_point *= k2;
+                    state.values = state.values.iter().map(|v| clear::linear(&layer, v, None)).collect();
+                    state.shape = layer.out_shape;
+                    state.tensor = self.push(Layer::Linear(layer));
+                }
+                Node::Flatten => {
+                    state.shape = Shape {
+                        channels: state.shape.len(),
+                        height: 1,
+                        width: 1,
+                    };
+                }
+                Node::Add { name, .. } => {
+                    return Err(Error::Compile(format!(
+                        "residual add {name} must follow a convolution or dense layer (and its batch norm)"
+                    )))
+                }
+                Node::Pkn { name, .. } | Node::Affine { name, .. } => {
+                    return Err(Error::Compile(format!(
+                        "layer {name} is element-wise but follows no convolution or dense layer"
+                    )))
+                }
+                Node::Conv2d { .. } | Node::Dense { .. } => {
+                    let chain_len = nodes[i..].iter().take_while(|n| n.is_elementwise()).count();
+                    let mut group = &nodes[i..i + chain_len];
+                    i += chain_len;
+                    let mut node = node.clone();
+                    let mut residual = None;
+                    if let Some(Node::Add { name, from, shortcut }) = nodes.get(i) {
+                        // The add happens in the accumulator: fold the affine chain before it
+                        // into the weights; the chain after it becomes the table.
+                        fold_affine_chain(&mut node, group, name)?;
+                        let source = self.saved.get(from).cloned().ok_or_else(|| {
+                            Error::Compile(format!(
+                                "residual add {name} reads {from}, which is not an earlier layer's output \
+                                 (name the last layer of a group, or an earlier add)"
+                            ))
+                        })?;
+                        residual = Some(self.nodes(shortcut, source, false)?);
+                        i += 1;
+                        let after = nodes[i..].iter().take_while(|n| n.is_elementwise()).count();
+                        group = &nodes[i..i + after];
+                        i += after;
+                    }
+                    let chain = Chain::new(group);
+                    let is_last = top
+                        && !nodes[i..]
+                            .iter()
+                            .any(|n| !matches!(n, Node::AvgPool { .. } | Node::Flatten));
+                    let is_output = is_last && chain_len == 0 && residual.is_none();
+                    let lin = quantize_weights(&node, &state, residual.as_ref(), q.weight_bits, is_output)?;
+                    if is_output {
+                        if i < nodes.len() {
+                            return Err(Error::Compile(format!(
+                                "layers after the output layer {} are not supported",
+                                lin.layer.name
+                            )));
+                        }
+                        self.output = Some(output_layer(lin, &state, &self.model.arch.classes)?);
+                        return Ok(state);
+                    }
+                    let channels = lin.layer.out_shape.channels;
+                    if chain.channels().is_some_and(|c| c != channels) {
+                        return Err(Error::Compile(format!(
+                            "batch norm after {} has {} channels, the layer has {channels}",
+                            lin.layer.name,
+                            chain.channels().unwrap_or(0)
+                        )));
+                    }
+                    let (linear, requant) = requantize(
+                        lin,
+                        chain,
+                        &mut state,
+                        residual.as_ref(),
+                        q.activation_bits,
+                        self.options,
+                    )?;
+                    self.push(Layer::Linear(linear));
+                    state.tensor = self.push(Layer::Requant(requant));
+                }
+            }
+            if let Some(name) = nodes[..i].last().and_then(Node::name) {
+                if self.referenced.contains(name) {
+                    self.saved.insert(name.to_string(), state.clone());
+                }
+            }
+        }
+        Ok(state)
+    }
+
+    /// Append a layer; returns the index of the tensor it produces.
+    fn push(&mut self, layer: Layer) -> usize {
+        self.layers.push(layer);
+        self.layers.len()
+    }
+}
+
+/// Fold the batch norms between a linear layer and a residual add into the layer's weights and
+/// bias (exact in floats); a polynomial there is refused.
+fn fold_affine_chain(node: &mut Node, chain: &[Node], add: &str) -> Result<()> {
+    let (weight, bias) = match node {
+        Node::Conv2d { weight, bias, .. } | Node::Dense { weight, bias, .. } => (weight, bias),
+        _ => unreachable!("called on linear nodes only"),
+    };
+    let row_len = weight.len() / bias.len().max(1);
+    for n in chain {
+        match n {
+            Node::Affine { scale, shift, name } => {
+                if scale.len() != bias.len() {
+                    return Err(Error::Compile(format!(
+                        "batch norm {name} has {} channels, the layer before it has {}",
+                        scale.len(),
+                        bias.len()
+                    )));
+                }
+                for (c, (a, b)) in scale.iter().zip(shift).enumerate() {
+                    weight[c * row_len..(c + 1) * row_len].iter_mut().for_each(|w| *w *= a);
+                    bias[c] = a * bias[c] + b;
+                }
+            }
+            other => {
+                return Err(Error::Compile(format!(
+                    "{} comes before residual add {add}: only batch norm may (the add happens in the accumulator)",
+                    other.name().unwrap_or("an element-wise layer")
+                )))
+            }
+        }
+    }
+    Ok(())
 }
 
 fn layers_output_len(layers: &[Layer]) -> usize {
@@ -227,20 +339,15 @@ fn layers_output_len(layers: &[Layer]) -> usize {
     }
 }
 
-/// Set each table's output encoding to the width held by whatever consumes it.
-fn link_encodings(layers: &mut [Layer], output_bits: u32) {
-    let mut next = output_bits;
-    for layer in layers.iter_mut().rev() {
+/// Set the input's and each table's output encoding to the width its readers need.
+fn link_encodings(circuit: &mut Circuit) {
+    let enc = circuit.tensor_encodings();
+    circuit.input.encoding_bits = enc[0];
+    for (i, layer) in circuit.layers.iter_mut().enumerate() {
         if let Layer::Requant(r) = layer {
-            r.output_encoding_bits = next;
-            next = r.acc_bits;
+            r.output_encoding_bits = enc[i + 1];
         }
     }
-}
-
-fn advance(state: &mut State, layer: &Linear) {
-    state.values = state.values.iter().map(|v| clear::linear(layer, v)).collect();
-    state.shape = layer.out_shape;
 }
 
 fn sum_pool(state: &State, kernel: usize, stride: usize) -> Result<Linear> {
@@ -259,6 +366,7 @@ fn sum_pool(state: &State, kernel: usize, stride: usize) -> Result<Linear> {
     };
     Ok(Linear {
         name: "avg_pool".into(),
+        input: state.tensor,
         op: LinearOp::SumPool { kernel, stride },
         in_shape: s,
         out_shape: Shape {
@@ -268,6 +376,7 @@ fn sum_pool(state: &State, kernel: usize, stride: usize) -> Result<Linear> {
         },
         weights: Vec::new(),
         offsets: vec![0; s.channels],
+        residual: None,
     })
 }
 
@@ -276,8 +385,9 @@ fn bits_for(width: i64) -> u32 {
     64 - (width.max(1) - 1).leading_zeros()
 }
 
-/// Worst-case per-channel range of a linear layer's outputs (offsets excluded).
-fn worst_case(layer: &Linear, input: Bounds) -> Vec<Bounds> {
+/// Worst-case per-channel range of a linear layer's outputs (offsets excluded), its residual
+/// tensor within `residual`.
+fn worst_case(layer: &Linear, input: Bounds, residual: Option<Bounds>) -> Vec<Bounds> {
     let per_channel = layer.out_shape.per_channel();
     (0..layer.out_shape.channels)
         .map(|c| {
@@ -298,6 +408,11 @@ fn worst_case(layer: &Linear, input: Bounds) -> Vec<Bounds> {
                         hi += w;
                     }
                 });
+                if let (Some(r), Some(b)) = (&layer.residual, residual) {
+                    let g = r.gains[c];
+                    lo += (g * b.lo).min(g * b.hi);
+                    hi += (g * b.lo).max(g * b.hi);
+                }
                 channel.lo = channel.lo.min(lo);
                 channel.hi = channel.hi.max(hi);
             }
@@ -321,14 +436,21 @@ fn requantize(
     mut lin: QuantizedLinear,
     chain: Chain,
     state: &mut State,
+    residual: Option<&State>,
     act_bits: u32,
     options: &Resolved,
 ) -> Result<(Linear, Requant)> {
     let layer = &mut lin.layer;
     let shape = layer.out_shape;
-    let worst = worst_case(layer, state.bounds);
+    let worst = worst_case(layer, state.bounds, residual.map(|r| r.bounds));
     let per_channel = shape.per_channel();
-    let raw_accs: Vec<Vec<i64>> = state.values.iter().map(|v| clear::linear(layer, v)).collect();
+    let residual_values = |image: usize| residual.map(|r| r.values[image].as_slice());
+    let raw_accs: Vec<Vec<i64>> = state
+        .values
+        .iter()
+        .enumerate()
+        .map(|(image, v)| clear::linear(layer, v, residual_values(image)))
+        .collect();
     let calibrated: Vec<Bounds> = (0..shape.channels)
         .map(|c| {
             let mut b = Bounds {
@@ -380,6 +502,9 @@ fn requantize(
         layer.weights[c * row_len..(c + 1) * row_len]
             .iter_mut()
             .for_each(|w| *w *= gain);
+        if let Some(r) = &mut layer.residual {
+            r.gains[c] *= gain;
+        }
         lin.zero_term[c] *= gain as f64;
         lin.weight_scale[c] /= gain as f64;
         windows[c] = Bounds {
@@ -442,7 +567,8 @@ fn requantize(
     state.values = state
         .values
         .iter()
-        .map(|v| clear::requant(&requant, &clear::linear(&linear, v)))
+        .enumerate()
+        .map(|(image, v)| clear::requant(&requant, &clear::linear(&linear, v, residual_values(image))))
         .collect();
     state.shape = shape;
     state.bounds = Bounds {
@@ -460,7 +586,7 @@ fn output_layer(mut lin: QuantizedLinear, state: &State, classes: &[String]) -> 
     lin.layer.offsets = (0..lin.layer.out_shape.channels)
         .map(|c| (lin.bias[c] / scale).round() as i64 - lin.zero_term[c].round() as i64)
         .collect();
-    let mut worst = worst_case(&lin.layer, state.bounds);
+    let mut worst = worst_case(&lin.layer, state.bounds, None);
     for (b, &off) in worst.iter_mut().zip(&lin.layer.offsets) {
         b.lo += off;
         b.hi += off;

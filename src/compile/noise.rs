@@ -121,11 +121,16 @@ pub fn plan_steps(r: &Requant, var: f64, params: &FheParams) -> Option<Vec<Trunc
 }
 
 /// Visit every requant with the variance of its accumulators; returns the output variance.
+/// Variances are per tensor, each the worst over its elements; a term read from a tensor with
+/// more encoding bits than the layer's output is multiplied by 2^(difference), its noise too.
 fn walk(circuit: &Circuit, params: &FheParams, mut visit: impl FnMut(usize, &Requant, f64)) -> f64 {
-    let mut var = params.fresh_variance();
+    let enc = circuit.tensor_encodings();
+    let mut var = vec![0f64; circuit.layers.len() + 1];
+    var[0] = params.fresh_variance();
     for (i, layer) in circuit.layers.iter().enumerate() {
-        match layer {
+        var[i + 1] = match layer {
             Layer::Linear(l) => {
+                let rescale = |t: usize| 4f64.powi((enc[t] - enc[i + 1]) as i32) * var[t];
                 let mut worst = 0f64;
                 for out in 0..l.out_shape.len() {
                     let mut sum_sq = 0f64;
@@ -136,15 +141,19 @@ fn walk(circuit: &Circuit, params: &FheParams, mut visit: impl FnMut(usize, &Req
                     });
                     worst = worst.max(sum_sq);
                 }
-                var *= worst;
+                let residual = l.residual.as_ref().map_or(0.0, |r| {
+                    let g = r.gains.iter().map(|g| (g * g) as f64).fold(0.0, f64::max);
+                    g * rescale(r.from)
+                });
+                worst * rescale(l.input) + residual
             }
             Layer::Requant(r) => {
-                visit(i, r, var);
-                var = params.pbs_output_variance(Bootstrap::Precise);
+                visit(i, r, var[i]);
+                params.pbs_output_variance(Bootstrap::Precise)
             }
-        }
+        };
     }
-    var
+    var[circuit.layers.len()]
 }
 
 pub fn analyse(circuit: &Circuit, params: &FheParams) -> NoiseReport {

@@ -1,7 +1,7 @@
 //! Quantization of weights and activations, and the element-wise chain fused into tables.
 
 use super::{QuantizedLinear, State};
-use crate::circuit::{window_output, Linear, LinearOp, Shape};
+use crate::circuit::{window_output, Linear, LinearOp, Residual, Shape};
 use crate::error::{Error, Result};
 use crate::model::Node;
 
@@ -24,9 +24,38 @@ fn quantize_rows(weights: &[f64], rows: usize, bits: u32, per_tensor: bool) -> (
     (q, scales)
 }
 
+/// Per-row weights in units of `unit / H_c` (`unit` = s_r / s_in), H_c the largest integer >= 1
+/// that keeps them within b bits (unclamped when even H_c = 1 exceeds them). Returns the integer
+/// weights, their scales and the gains H_c.
+fn quantize_rows_for_residual(weights: &[f64], rows: usize, bits: u32, unit: f64) -> (Vec<i64>, Vec<f64>, Vec<i64>) {
+    let qmax = ((1i64 << (bits - 1)) - 1) as f64;
+    let row_len = weights.len() / rows;
+    let mut gains = Vec::with_capacity(rows);
+    let mut scales = Vec::with_capacity(rows);
+    let mut q = Vec::with_capacity(weights.len());
+    for row in weights.chunks(row_len) {
+        let max_abs = row.iter().fold(0f64, |m, w| m.max(w.abs())).max(1e-12);
+        let gain = ((unit * qmax / max_abs).floor() as i64).clamp(1, 1 << 20);
+        let scale = unit / gain as f64;
+        q.extend(row.iter().map(|w| (w / scale).round() as i64));
+        gains.push(gain);
+        scales.push(scale);
+    }
+    (q, scales, gains)
+}
+
 /// Quantize a conv or dense node against the current tensor. `per_tensor` gives every output
-/// the same scale (the output layer, whose raw integers are compared by argmax).
-pub(crate) fn quantize_weights(node: &Node, state: &State, bits: u32, per_tensor: bool) -> Result<QuantizedLinear> {
+/// the same scale (the output layer, whose raw integers are compared by argmax). With a
+/// `residual` tensor (scale s_r), channel c counts in units of s_r / H_c, with the integer
+/// H_c = max(1, floor(s_r (2^(b-1) - 1) / (s_in max|w_c|))) the residual's gain: the weights get
+/// the scale s_r / (H_c s_in), as fine as b bits allow, and the sum `acc + H_c r` is exact.
+pub(crate) fn quantize_weights(
+    node: &Node,
+    state: &State,
+    residual: Option<&State>,
+    bits: u32,
+    per_tensor: bool,
+) -> Result<QuantizedLinear> {
     let s = state.shape;
     let (name, op, out_shape, weights, bias) = match node {
         Node::Conv2d {
@@ -93,20 +122,47 @@ pub(crate) fn quantize_weights(node: &Node, state: &State, bits: u32, per_tensor
         _ => unreachable!("quantize_weights is called on linear nodes only"),
     };
     let rows = out_shape.channels;
-    let (q, scales) = quantize_rows(weights, rows, bits, per_tensor);
+    let (q, scales, residual) = match residual {
+        None => {
+            let (q, scales) = quantize_rows(weights, rows, bits, per_tensor);
+            (q, scales, None)
+        }
+        Some(r) => {
+            if r.shape != out_shape {
+                return Err(Error::Compile(format!(
+                    "layer {name} gives {}x{}x{}, but its residual add brings {}x{}x{}",
+                    out_shape.channels,
+                    out_shape.height,
+                    out_shape.width,
+                    r.shape.channels,
+                    r.shape.height,
+                    r.shape.width
+                )));
+            }
+            let (q, scales, gains) = quantize_rows_for_residual(weights, rows, bits, r.scale / state.scale);
+            let residual = Residual { from: r.tensor, gains };
+            (q, scales, Some((residual, r.zero_point)))
+        }
+    };
     let row_len = q.len() / rows;
     let zero_term = q
         .chunks(row_len)
-        .map(|row| state.zero_point as f64 * row.iter().sum::<i64>() as f64)
+        .enumerate()
+        .map(|(c, row)| {
+            let skip = residual.as_ref().map_or(0, |(r, zp)| r.gains[c] * zp);
+            state.zero_point as f64 * row.iter().sum::<i64>() as f64 + skip as f64
+        })
         .collect();
     Ok(QuantizedLinear {
         layer: Linear {
             name: name.clone(),
+            input: state.tensor,
             op,
             in_shape: s,
             out_shape,
             weights: q,
             offsets: vec![0; rows],
+            residual: residual.map(|(r, _)| r),
         },
         weight_scale: scales.iter().map(|ws| ws * state.scale).collect(),
         zero_term,

@@ -1,5 +1,6 @@
 //! The clear evaluator: the integer circuit on plaintext i64, the reference that FHE must equal.
 
+use super::Tensors;
 use crate::circuit::{Circuit, Layer, Linear, Requant};
 
 /// Pixels in [0, 255] to the circuit's input integers: round(p / 255 * (2^bits - 1)).
@@ -8,15 +9,20 @@ pub fn quantize_pixels(pixels: &[u8], bits: u32) -> Vec<i64> {
     pixels.iter().map(|&p| (p as i64 * levels * 2 + 255) / 510).collect()
 }
 
-/// A leveled layer: exact weighted sums plus per-channel offsets.
-pub fn linear(layer: &Linear, input: &[i64]) -> Vec<i64> {
+/// A leveled layer: exact weighted sums plus per-channel offsets, plus the residual tensor if the
+/// layer has one.
+pub fn linear(layer: &Linear, input: &[i64], residual: Option<&[i64]>) -> Vec<i64> {
     (0..layer.out_shape.len())
         .map(|out| {
-            let mut acc = layer.offsets[layer.channel_of(out)];
+            let c = layer.channel_of(out);
+            let mut acc = layer.offsets[c];
             layer.for_each_term(out, |idx, w| match idx {
                 Some(i) => acc += w * input[i],
                 None => acc += w,
             });
+            if let (Some(r), Some(values)) = (&layer.residual, residual) {
+                acc += r.gains[c] * values[out];
+            }
             acc
         })
         .collect()
@@ -61,14 +67,19 @@ pub fn wrap_signed(v: i64, bits: u32) -> i64 {
 
 /// Run the whole circuit on quantized input integers; returns the output integers.
 pub fn run(circuit: &Circuit, input: &[i64]) -> Vec<i64> {
-    let mut x = input.to_vec();
-    for layer in &circuit.layers {
-        x = match layer {
-            Layer::Linear(l) => linear(l, &x),
+    let last_uses = circuit.last_uses();
+    let mut tensors = Tensors::start(circuit, input.to_vec());
+    while tensors.next_layer < circuit.layers.len() {
+        tensors.step(circuit, &last_uses, |layer, x, held| match layer {
+            Layer::Linear(l) => linear(l, &x, l.residual.as_ref().map(|r| held.get(r.from).as_slice())),
             Layer::Requant(r) => requant(r, &x),
-        };
+        });
     }
-    x.into_iter().map(|v| wrap_signed(v, circuit.output.bits)).collect()
+    tensors
+        .output()
+        .into_iter()
+        .map(|v| wrap_signed(v, circuit.output.bits))
+        .collect()
 }
 
 /// Index of the largest output (the predicted class).

@@ -8,10 +8,10 @@
 
 use indicatif::ProgressBar;
 use rayon::prelude::*;
-use serde::{Deserialize, Serialize};
 use tfhe::core_crypto::fft_impl::fft64::math::fft::{Fft, FftView};
 use tfhe::core_crypto::prelude::*;
 
+use super::Tensors;
 use crate::circuit::{Circuit, Layer, Linear, Requant, TruncStep};
 use crate::keys::{delta, encode, EvaluationKey};
 use crate::params::Bootstrap;
@@ -249,57 +249,48 @@ impl Bootstrapper for Engine<'_> {
 }
 
 /// A leveled layer on ciphertexts: wrapping integer sums, offsets and padding as plaintexts.
-pub fn linear(layer: &Linear, input: &Ciphertexts, encoding_bits: u32) -> Ciphertexts {
+/// `input` and the residual tensor are encoded with `input_bits` and `residual_bits`; the output
+/// with `output_bits` (at most either): each term is multiplied by 2^(its bits - output_bits).
+pub fn linear(
+    layer: &Linear,
+    input: &Ciphertexts,
+    input_bits: u32,
+    residual: Option<(&Ciphertexts, u32)>,
+    output_bits: u32,
+) -> Ciphertexts {
     let size = input.lwe_size().0;
     let src = input.as_ref();
+    let rescale = |bits: u32| 1u64 << (bits - output_bits);
+    let (in_scale, res) = (
+        rescale(input_bits),
+        residual.map(|(r, bits)| (r.as_ref(), rescale(bits))),
+    );
     let mut out = vec![0u64; layer.out_shape.len() * size];
     out.par_chunks_mut(size).enumerate().for_each(|(o, dst)| {
-        let mut constant = layer.offsets[layer.channel_of(o)];
-        layer.for_each_term(o, |idx, w| match idx {
-            Some(i) => {
-                let w = w as u64;
-                for (d, s) in dst.iter_mut().zip(&src[i * size..(i + 1) * size]) {
-                    *d = d.wrapping_add(s.wrapping_mul(w));
-                }
+        let c = layer.channel_of(o);
+        let mut add = |ct: &[u64], w: u64| {
+            for (d, s) in dst.iter_mut().zip(ct) {
+                *d = d.wrapping_add(s.wrapping_mul(w));
             }
+        };
+        let mut constant = layer.offsets[c];
+        layer.for_each_term(o, |idx, w| match idx {
+            Some(i) => add(&src[i * size..(i + 1) * size], (w as u64).wrapping_mul(in_scale)),
             None => constant += w,
         });
-        dst[size - 1] = dst[size - 1].wrapping_add(encode(constant, encoding_bits));
+        if let (Some(r), Some((values, scale))) = (&layer.residual, res) {
+            add(
+                &values[o * size..(o + 1) * size],
+                (r.gains[c] as u64).wrapping_mul(scale),
+            );
+        }
+        dst[size - 1] = dst[size - 1].wrapping_add(encode(constant, output_bits));
     });
     LweCiphertextList::from_container(out, LweSize(size), native())
 }
 
 /// Where an evaluation stands between layers; what a checkpoint stores to resume from.
-#[derive(Clone, Serialize, Deserialize)]
-pub struct State {
-    /// Index of the next layer to run.
-    pub next_layer: usize,
-    /// Encoding of the ciphertexts held (Delta = 2^(63 - bits)).
-    pub encoding_bits: u32,
-    pub ciphertexts: Ciphertexts,
-}
-
-impl State {
-    /// The state before the first layer.
-    pub fn start(circuit: &Circuit, input: Ciphertexts) -> State {
-        State {
-            next_layer: 0,
-            encoding_bits: circuit.input.encoding_bits,
-            ciphertexts: input,
-        }
-    }
-
-    /// Bootstraps already done by the layers before `next_layer`.
-    pub fn bootstraps_done(&self, circuit: &Circuit) -> u64 {
-        circuit.layers[..self.next_layer.min(circuit.layers.len())]
-            .iter()
-            .map(|l| match l {
-                Layer::Requant(r) => r.pbs_per_activation() * r.shape.len() as u64,
-                Layer::Linear(_) => 0,
-            })
-            .sum()
-    }
-}
+pub type State = Tensors<Ciphertexts>;
 
 /// Run the layers from `state.next_layer` to the end; `after_requant` sees the state after each
 /// requant layer (the expensive ones), for example to checkpoint it. Returns the encrypted outputs.
@@ -310,22 +301,33 @@ pub fn resume<E>(
     progress: Option<&ProgressBar>,
     mut after_requant: impl FnMut(&State) -> Result<(), E>,
 ) -> Result<Ciphertexts, E> {
-    while let Some(layer) = circuit.layers.get(state.next_layer) {
-        state.next_layer += 1;
-        match layer {
-            Layer::Linear(l) => state.ciphertexts = linear(l, &state.ciphertexts, state.encoding_bits),
-            Layer::Requant(r) => {
-                let input = std::mem::replace(
-                    &mut state.ciphertexts,
-                    LweCiphertextList::new(0, LweSize(1), LweCiphertextCount(0), native()),
-                );
-                state.ciphertexts = engine.requant(r, input, progress);
-                state.encoding_bits = r.output_encoding_bits;
-                after_requant(&state)?;
+    let last_uses = circuit.last_uses();
+    let enc = circuit.tensor_encodings();
+    while state.next_layer < circuit.layers.len() {
+        let i = state.next_layer;
+        state.step(circuit, &last_uses, |layer, x, held| match layer {
+            Layer::Linear(l) => {
+                let residual = l.residual.as_ref().map(|r| (held.get(r.from), enc[r.from]));
+                linear(l, &x, enc[l.input], residual, enc[i + 1])
             }
+            Layer::Requant(r) => engine.requant(r, x, progress),
+        });
+        if matches!(circuit.layers[i], Layer::Requant(_)) {
+            after_requant(&state)?;
         }
     }
-    Ok(state.ciphertexts)
+    Ok(state.output())
+}
+
+/// Bootstraps done by the layers before `state.next_layer`.
+pub fn bootstraps_done(circuit: &Circuit, state: &State) -> u64 {
+    circuit.layers[..state.next_layer.min(circuit.layers.len())]
+        .iter()
+        .map(|l| match l {
+            Layer::Requant(r) => r.pbs_per_activation() * r.shape.len() as u64,
+            Layer::Linear(_) => 0,
+        })
+        .sum()
 }
 
 /// Run the whole circuit on encrypted inputs on the CPU; returns the encrypted outputs.

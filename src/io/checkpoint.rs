@@ -47,6 +47,25 @@ fn sibling(path: &Path, suffix: &str) -> PathBuf {
     PathBuf::from(name)
 }
 
+/// Whether a saved state has the tensors the circuit holds before its next layer, of the right sizes.
+fn fits(circuit: &Circuit, state: &State, lwe_size: usize) -> bool {
+    let next = state.next_layer;
+    if next > circuit.layers.len() || state.slots.len() != circuit.layers.len() + 1 {
+        return false;
+    }
+    let last_uses = circuit.last_uses();
+    state.slots.iter().enumerate().all(|(t, slot)| {
+        let live = t <= next && last_uses[t] >= next;
+        match slot {
+            None => !live,
+            Some(cts) => {
+                live && cts.lwe_size().0 == lwe_size
+                    && circuit.tensor_shape(t).map(|s| s.len()) == Some(cts.lwe_ciphertext_count().0)
+            }
+        }
+    })
+}
+
 /// SHA-256 of a file's bytes: identifies the encrypted input a checkpoint belongs to.
 pub fn file_digest(path: &Path) -> Result<[u8; 32]> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
@@ -98,9 +117,7 @@ impl Checkpointing {
             )));
         }
         let state = saved.state;
-        let expected = circuit.values_before(state.next_layer);
-        let cts = &state.ciphertexts;
-        if expected != Some(cts.lwe_ciphertext_count().0) || cts.lwe_size().0 != lwe_size {
+        if !fits(circuit, &state, lwe_size) {
             return Resume::Fresh(Some(format!(
                 "{} does not match the circuit's layer {}",
                 self.path.display(),

@@ -10,6 +10,7 @@ use std::path::Path;
 
 use serde::{de::DeserializeOwned, Serialize};
 use sha2::{Digest, Sha256};
+use zeroize::Zeroize;
 
 use crate::error::{Error, Result};
 
@@ -68,7 +69,7 @@ pub fn hex(id: &[u8]) -> String {
 
 /// Serialise `payload` and write it atomically to `path`. `private` files get mode 0600.
 pub fn write<T: Serialize>(path: &Path, kind: Kind, ids: Ids, payload: &T, private: bool) -> Result<()> {
-    let body = bincode::serialize(payload).map_err(|e| Error::format(path, format!("cannot serialise: {e}")))?;
+    let mut body = bincode::serialize(payload).map_err(|e| Error::format(path, format!("cannot serialise: {e}")))?;
     let mut bytes = Vec::with_capacity(HEADER_LEN + body.len());
     bytes.extend_from_slice(MAGIC);
     bytes.push(kind as u8);
@@ -78,7 +79,12 @@ pub fn write<T: Serialize>(path: &Path, kind: Kind, ids: Ids, payload: &T, priva
     bytes.extend_from_slice(&(body.len() as u64).to_le_bytes());
     bytes.extend_from_slice(&Sha256::digest(&body));
     bytes.extend_from_slice(&body);
-    write_atomic(path, &bytes, private)
+    let written = write_atomic(path, &bytes, private);
+    if private {
+        body.zeroize();
+        bytes.zeroize();
+    }
+    written
 }
 
 /// Write `bytes` to a temporary sibling of `path`, sync it, then rename it over `path`.
@@ -110,8 +116,18 @@ pub fn write_atomic(path: &Path, bytes: &[u8], private: bool) -> Result<()> {
 
 /// Read a file of `kind`, check its header and checksum, and deserialise the payload.
 pub fn read<T: DeserializeOwned>(path: &Path, kind: Kind) -> Result<(Ids, T)> {
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    let (ids, body) = parse(path, &bytes, kind)?;
+    let mut bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let decoded = decode(path, &bytes, kind);
+    if kind == Kind::ClientKey {
+        bytes.zeroize();
+    }
+    decoded
+}
+
+/// Check the header and checksum of a file's bytes and deserialise the payload (`path` names it
+/// in errors).
+pub fn decode<T: DeserializeOwned>(path: &Path, bytes: &[u8], kind: Kind) -> Result<(Ids, T)> {
+    let (ids, body) = parse(path, bytes, kind)?;
     let payload = bincode::DefaultOptions::new()
         .with_fixint_encoding()
         .allow_trailing_bytes()

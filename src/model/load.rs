@@ -178,7 +178,11 @@ impl TensorReader<'_> {
                 }
             }
             LayerSpec::Flatten => Node::Flatten,
-            LayerSpec::Add { from } => Node::Add { from: from.clone() },
+            LayerSpec::Add { name, from, shortcut } => Node::Add {
+                name: name.clone(),
+                from: from.clone(),
+                shortcut: shortcut.iter().map(|spec| self.node(spec)).collect::<Result<_>>()?,
+            },
         })
     }
 

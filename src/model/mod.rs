@@ -2,7 +2,7 @@
 
 mod load;
 
-pub use load::load_model;
+pub use load::{load_model, parse_model};
 
 use serde::Deserialize;
 
@@ -65,9 +65,13 @@ pub enum LayerSpec {
         stride: Option<usize>,
     },
     Flatten,
-    /// Residual add of the output of the named earlier layer.
+    /// Residual add: the output of the layer before it plus the tensor named `from` (the output
+    /// of that earlier layer or add), passed through the `shortcut` layers if any.
     Add {
+        name: String,
         from: String,
+        #[serde(default)]
+        shortcut: Vec<LayerSpec>,
     },
 }
 
@@ -119,7 +123,9 @@ pub enum Node {
     },
     Flatten,
     Add {
+        name: String,
         from: String,
+        shortcut: Vec<Node>,
     },
 }
 
@@ -127,6 +133,18 @@ impl Node {
     /// Whether this node acts element-wise (and so fuses into a lookup table).
     pub fn is_elementwise(&self) -> bool {
         matches!(self, Node::Pkn { .. } | Node::Affine { .. })
+    }
+
+    /// The layer's name (pooling and flatten have none).
+    pub fn name(&self) -> Option<&str> {
+        match self {
+            Node::Conv2d { name, .. }
+            | Node::Dense { name, .. }
+            | Node::Pkn { name, .. }
+            | Node::Affine { name, .. }
+            | Node::Add { name, .. } => Some(name),
+            Node::AvgPool { .. } | Node::Flatten => None,
+        }
     }
 }
 
