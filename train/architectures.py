@@ -38,4 +38,37 @@ def cnn_pkn(q):
         {"op": "dense", "name": "fc", "in_features": 512, "out_features": 10}])
 
 
-ZOO = {"tiny-pkn": tiny_pkn, "cnn-pkn": cnn_pkn}
+def pkr_stages(in_planes, stages):
+    """PKR-18's residual stages (Models/PKR18.py in tolusophy/PolyKervNets) with its module names, so
+    that a PKR-18 state_dict maps onto them one to one: `stages` is a list of (planes, stride), two
+    basic blocks each. A block is Kerv2d 3x3 + BN, plain conv 3x3 + BN, plus the shortcut (identity,
+    or Kerv2d 1x1 + BN when the shape changes); nothing after the add. Returns the layers and the
+    name of the last block."""
+    layers, source = [], "bn1"
+    for s, (planes, stride) in enumerate(stages, start=1):
+        for b, st in enumerate([stride, 1]):
+            p = f"layer{s}.{b}"
+            block = [conv(f"{p}.conv1", in_planes, planes, 3, st, 1), *pkn_bn(f"{p}.conv1.kernel_fn", f"{p}.bn1"),
+                     conv(f"{p}.conv2", planes, planes, 3, 1, 1), {"op": "batch_norm", "name": f"{p}.bn2", "eps": 1e-5}]
+            add = {"op": "add", "name": p, "from": source}
+            if st != 1 or in_planes != planes:
+                add["shortcut"] = [conv(f"{p}.shortcut.0", in_planes, planes, 1, st, 0),
+                                   *pkn_bn(f"{p}.shortcut.0.kernel_fn", f"{p}.shortcut.1")]
+            layers += block + [add]
+            in_planes, source = planes, p
+    return layers, source
+
+
+def pkr_stem(in_channels):
+    return [conv("conv1", in_channels, 64, 3, 1, 1), *pkn_bn("conv1.kernel_fn", "bn1")]
+
+
+def resnet18_pkn(q):
+    """PKR-18 with all four stages (64/128/256/512) on 1x28x28: 28 -> 14 -> 7 -> 4, pooled 4x4 to 512."""
+    stages, _ = pkr_stages(64, [(64, 1), (128, 2), (256, 2), (512, 2)])
+    return fashion_mnist_model("resnet18-pkn", q, [
+        *pkr_stem(1), *stages, {"op": "avg_pool", "kernel": 4}, {"op": "flatten"},
+        {"op": "dense", "name": "fc", "in_features": 512, "out_features": 10}])
+
+
+ZOO = {"tiny-pkn": tiny_pkn, "cnn-pkn": cnn_pkn, "resnet18-pkn": resnet18_pkn}

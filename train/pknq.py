@@ -58,6 +58,30 @@ def quantize_weight(w, bits, per_tensor):
     return q, scale
 
 
+def quantize_weight_residual(w, bits, unit):
+    """Weights of a layer whose accumulator adds a residual tensor (src/compile/quantize.rs
+    quantize_rows_for_residual): per-row units of `unit / H`, H = clamp(floor(unit qmax / max|w|), 1, 2^20),
+    unclamped weights. Returns the integer weights, their scales and the gains H."""
+    qmax = float((1 << (bits - 1)) - 1)
+    rows = w.reshape(w.shape[0], -1)
+    m = rows.detach().abs().amax(dim=1).clamp(min=1e-12)
+    gain = torch.clamp(torch.floor(unit * qmax / m), 1, 2 ** 20)
+    scale = unit / gain
+    shape = [-1] + [1] * (w.dim() - 1)
+    q = ste(w / scale.view(shape), round_away(w / scale.view(shape)))
+    return q, scale, gain
+
+
+def fold_batch_norms(weight, bias, bns):
+    """Fold inference-mode batch norms into the weights and bias (src/compile/mod.rs fold_affine_chain)."""
+    for m in bns:
+        a = m.weight / torch.sqrt(m.running_var + m.eps)
+        shift = m.bias - m.running_mean * a
+        weight = weight * a.view([-1] + [1] * (weight.dim() - 1))
+        bias = a * bias + shift
+    return weight, bias
+
+
 class PKN(nn.Module):
     """(cp + z)^2, cp one learnable scalar per layer (Kerv2d in PolyKervNets)."""
 
@@ -84,10 +108,14 @@ class QLinear(nn.Module):
     """
 
     def __init__(self, layer, chain, weight_bits, act_bits, lut_bits, margin, output=False, worst_case=False,
-                 act_clip=0.001):
+                 act_clip=0.001, pre_add=None):
         super().__init__()
         self.layer = layer
         self.chain = nn.ModuleList(chain)
+        # With `pre_add` (a list, possibly empty, of batch norms) the layer ends in a residual add:
+        # forward takes the residual tensor too, and `chain` is what follows the add.
+        self.residual = pre_add is not None
+        self.pre_add = nn.ModuleList(pre_add or [])
         self.weight_bits, self.act_bits, self.lut_bits = weight_bits, act_bits, lut_bits
         self.margin, self.output, self.worst_case, self.act_clip = margin, output, worst_case, act_clip
         c = layer.out_channels if isinstance(layer, nn.Conv2d) else layer.out_features
@@ -112,8 +140,15 @@ class QLinear(nn.Module):
             return F.conv2d(xp, q, stride=self.layer.stride)
         return F.linear(x.q.flatten(1), q)
 
-    def worst(self, q, x):
-        """Per-channel worst-case accumulator range over all positions (padding included)."""
+    def worst(self, q, x, r=None, gain=None):
+        """Per-channel worst-case accumulator range over all positions (padding included), plus the
+        residual term's range."""
+        lo, hi = self.worst_linear(q, x)
+        if r is not None:
+            lo, hi = lo + gain * r.lo, hi + gain * r.hi
+        return lo, hi
+
+    def worst_linear(self, q, x):
         if isinstance(self.layer, nn.Conv2d):
             p = self.layer.padding[0]
             shape = (1,) + tuple(x.q.shape[1:])
@@ -133,18 +168,34 @@ class QLinear(nn.Module):
             z = m(z)
         return z
 
-    def forward(self, x):
-        q, wscale = quantize_weight(self.layer.weight, self.weight_bits, self.output)
+    def forward(self, x, r=None):
+        bias = self.layer.bias
+        if bias is None:
+            bias = torch.zeros(self.layer.weight.shape[0], dtype=self.layer.weight.dtype)
+        gain = None
+        if self.residual:
+            if self.training and not self.frozen:
+                # Keep the batch norms' running statistics learning; the folded form uses them.
+                z = self.layer((x.q - x.zero_point) * x.scale)
+                for m in self.pre_add:
+                    z = m(z)
+            weight, bias = fold_batch_norms(self.layer.weight, bias, self.pre_add)
+            q, wscale, gain = quantize_weight_residual(weight, self.weight_bits, r.scale / x.scale)
+        else:
+            q, wscale = quantize_weight(self.layer.weight, self.weight_bits, self.output)
         acc = self.accumulate(x, q)
-        bias = self.layer.bias if self.layer.bias is not None else torch.zeros(q.shape[0], dtype=q.dtype)
         sumw = q.detach().reshape(q.shape[0], -1).sum(1)
         zero_term = x.zero_point * sumw
         ws = wscale * x.scale
         view = [1, -1] + [1] * (acc.dim() - 2)
+        if self.residual:
+            acc = acc + gain.view(view) * r.q
+            zero_term = zero_term + gain * r.zero_point
         if self.output:
             scale = float(ws[0])
             offsets = round_away(bias.detach() / scale) - round_away(zero_term)
             logits_int = acc.detach() + offsets.view(view)
+            self.last_scores = logits_int.detach()
             logits = ws.view(view) * (acc - zero_term.view(view)) + bias.view(view)
             return ste(logits, logits_int * scale)
         dims = [0] + list(range(2, acc.dim()))
@@ -156,7 +207,7 @@ class QLinear(nn.Module):
             self.ema(self.acc_lo, raw.amin(dim=dims))
             self.ema(self.acc_hi, raw.amax(dim=dims))
         # Window planning, exactly as the compiler does it.
-        wlo, whi = self.worst(q.detach(), x)
+        wlo, whi = self.worst(q.detach(), x, r, gain)
         worst_bits = max(bits_for(int(h - l + 1)) for l, h in zip(wlo.tolist(), whi.tolist()))
         lo_c, hi_c = torch.round(self.acc_lo), torch.round(self.acc_hi)
         need = [math.ceil((h - l + 1) * (1 + self.margin)) for l, h in zip(lo_c.tolist(), hi_c.tolist())]
@@ -215,18 +266,34 @@ class SumPool(nn.Module):
         return QState(q, x.scale / k2, x.zero_point * k2, x.lo * k2, x.hi * k2)
 
 
+def referenced_names(specs):
+    """Names residual adds read, anywhere in the layer list."""
+    for l in specs:
+        if l["op"] == "add":
+            yield l["from"]
+            yield from referenced_names(l.get("shortcut", []))
+
+
 class QNet(nn.Module):
-    """A sequence of QLinear / SumPool / flatten stages driven by pkn's architecture list."""
+    """pkn's architecture list as QLinear / SumPool stages, residual adds included, compiled in the
+    compiler's order (a shortcut's layers before the layer that adds it)."""
 
     def __init__(self, arch, margin=0.25, lut_bits=4, act_clip=0.001):
         super().__init__()
         self.arch = arch
         q = arch["quantization"]
         self.input_bits = q["input_bits"]
-        specs = arch["layers"]
-        linear_idx = [i for i, l in enumerate(specs) if l["op"] in ("conv2d", "dense")]
-        self.stages = nn.ModuleList()
+        self.cfg = dict(weight_bits=q["weight_bits"], act_bits=q["activation_bits"], lut_bits=lut_bits,
+                        margin=margin, act_clip=act_clip)
         self.names = {}
+        self.qlinears = nn.ModuleList()  # every QLinear in compile (and calibration) order
+        self.referenced = set(referenced_names(arch["layers"]))
+        self.plan = self.build(arch["layers"], top=True)
+
+    def build(self, specs, top):
+        """Stages for a layer list: ("stage", module), ("residual", QLinear, from, shortcut plan),
+        ("save", name)."""
+        plan = []
         i = 0
         while i < len(specs):
             l = specs[i]
@@ -237,45 +304,72 @@ class QNet(nn.Module):
                 else:
                     mod = nn.Linear(l["in_features"], l["out_features"])
                 self.names[l["name"]] = mod
-                chain = []
-                j = i + 1
-                while j < len(specs) and specs[j]["op"] in ("pkn", "batch_norm"):
-                    s = specs[j]
-                    if s["op"] == "pkn":
-                        m = PKN()
-                    else:
-                        c = l["out_channels"] if l["op"] == "conv2d" else l["out_features"]
-                        m = nn.BatchNorm2d(c, eps=s.get("eps", 1e-5)) if l["op"] == "conv2d" else nn.BatchNorm1d(c)
-                    self.names[s["name"]] = m
-                    chain.append(m)
-                    j += 1
-                is_out = i == linear_idx[-1] and not chain
-                self.stages.append(QLinear(mod, chain, q["weight_bits"], q["activation_bits"], lut_bits, margin,
-                                           output=is_out, act_clip=act_clip))
+                c = l["out_channels"] if l["op"] == "conv2d" else l["out_features"]
+                j, chain = self.elementwise(specs, i + 1, c, l["op"] == "conv2d")
+                rest = [s["op"] for s in specs[j:]]
+                if j < len(specs) and specs[j]["op"] == "add":
+                    add = specs[j]
+                    shortcut = self.build(add.get("shortcut", []), top=False)
+                    j, post = self.elementwise(specs, j + 1, c, l["op"] == "conv2d")
+                    ql = QLinear(mod, post, output=False, pre_add=chain, **self.cfg)
+                    self.qlinears.append(ql)
+                    plan.append(("residual", ql, add["from"], shortcut))
+                    last = specs[j - 1].get("name")
+                else:
+                    is_out = top and not chain and all(op in ("avg_pool", "flatten") for op in rest)
+                    ql = QLinear(mod, chain, output=is_out, **self.cfg)
+                    self.qlinears.append(ql)
+                    plan.append(("stage", ql))
+                    last = specs[j - 1].get("name")
                 i = j
+                if last in self.referenced:
+                    plan.append(("save", last))
             elif l["op"] == "avg_pool":
-                self.stages.append(SumPool(l["kernel"], l.get("stride") or l["kernel"]))
+                plan.append(("stage", SumPool(l["kernel"], l.get("stride") or l["kernel"])))
                 i += 1
             elif l["op"] == "flatten":
                 i += 1
             else:
-                raise ValueError(f"unsupported op {l['op']}")
+                raise ValueError(f"unsupported op {l['op']} here")
+        return plan
+
+    def elementwise(self, specs, j, channels, conv):
+        chain = []
+        while j < len(specs) and specs[j]["op"] in ("pkn", "batch_norm"):
+            s = specs[j]
+            if s["op"] == "pkn":
+                m = PKN()
+            else:
+                m = nn.BatchNorm2d(channels, eps=s.get("eps", 1e-5)) if conv else nn.BatchNorm1d(channels)
+            self.names[s["name"]] = m
+            chain.append(m)
+            j += 1
+        return j, chain
+
+    def run(self, plan, x, saved):
+        for step in plan:
+            if step[0] == "stage":
+                x = step[1](x)
+            elif step[0] == "save":
+                saved[step[1]] = x
+            else:
+                _, ql, source, shortcut = step
+                r = self.run(shortcut, saved[source], saved)
+                x = ql(x, r)
+        return x
 
     def forward(self, pixels_u8):
         levels = (1 << self.input_bits) - 1
         dtype = next(self.parameters()).dtype
         q = quantize_pixels(pixels_u8, self.input_bits).to(dtype).unsqueeze(1)
-        x = QState(q, 1.0 / levels, 0, 0.0, float(levels))
-        for st in self.stages:
-            x = st(x)
-        return x
+        return self.run(self.plan, QState(q, 1.0 / levels, 0, 0.0, float(levels)), {})
 
     def calibrate(self, images_u8):
         """Set every window and activation range from the calibration images, as the compiler does."""
         self.eval()
         with torch.no_grad():
-            for st in self.stages:
-                if isinstance(st, QLinear) and not st.output:
+            for st in self.qlinears:
+                if not st.output:
                     # Layers before st already hold their final windows: st sees what the compiler sees.
                     st.calibrating = True
                     self(images_u8)
@@ -283,12 +377,11 @@ class QNet(nn.Module):
 
     def freeze(self, frozen=True):
         """Keep windows, activation ranges and batch-norm statistics fixed while fine-tuning."""
-        for st in self.stages:
-            if isinstance(st, QLinear):
-                st.frozen = frozen
-                for m in st.chain:
-                    if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                        m.eval() if frozen else m.train()
+        for st in self.qlinears:
+            st.frozen = frozen
+            for m in list(st.chain) + list(st.pre_add):
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.eval() if frozen else m.train()
 
     def state_dict_for_pkn(self):
         out = {}
