@@ -43,7 +43,7 @@ sample=$root/samples/test-1-pullover.png   # Fashion-MNIST test image 1; compare
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 now() { date +%s.%N; }
-s() { case $1 in [0-9]*) echo "$1 s" ;; *) echo "$1" ;; esac; }   # "12.3 s", or the word as is
+s() { case $1 in [0-9]*) echo "$1 s" ;; nan) echo "-" ;; *) echo "$1" ;; esac; }   # "12.3 s", or the word as is
 secs() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.1f", b - a }'; }
 
 echo "== $model on $(nproc) cores, $(date -u '+%F %H:%M') UTC; load average $(cut -d' ' -f1-3 /proc/loadavg)"
@@ -77,6 +77,11 @@ fi
 result=$(grep '^RESULT ' "$work/cml.log" | tail -1)
 get() { echo "$result" | tr ' ' '\n' | sed -n "s/^$1=//p"; }
 theirs=$(get fhe_s_per_image)
+rounding=$(get rounding)
+case $rounding in none) settings="Concrete ML defaults: p_error 2^-40 per PBS, no rounding" ;;
+    *) settings="p_error 2^-40 per PBS (default), rounding_threshold_bits $rounding (NOT the default)" ;; esac
+theirs_txt=$(s "$theirs")
+[ "$theirs" = nan ] && theirs_txt="not run: server keys $(get key_gib) GiB (see above)"
 ratio=$(awk -v t="$theirs" -v o="$ours_image" 'BEGIN { if (o + 0 > 0 && t == t + 0 && t != "nan") printf "%.2f", t / o; else print "-" }')
 
 cat <<EOF
@@ -85,10 +90,12 @@ cat <<EOF
 | | pkn | Concrete ML $(get version) |
 |---|---|---|
 | key generation | $(s "$ours_keygen") | $(s "$(get keygen_s)") |
-| encrypted image (encrypt + infer + decrypt) | $(s "$ours_image") | $(s "$theirs") |
+| encrypted image (encrypt + infer + decrypt) | $(s "$ours_image") | $theirs_txt |
 | ratio Concrete ML / pkn | | $ratio |
 | bootstraps | $ours_pbs | $(get pbs) |
-| precision | exact: bit-exact integer circuit, p-fail of every bootstrap and of decryption <= 2^-64 ($ours_pfail) | approximate: default p_error $(get p_error) per PBS (global_p_error $(get global_p_error)), max bit width $(get max_bit_width) |
+| server keys | | $(get key_gib) GiB |
+| settings | pkn's only setting: p-fail <= 2^-64 per bootstrap | $settings |
+| precision | exact: bit-exact integer circuit; p-fail of bootstraps and decryption: $ours_pfail | approximate: p_error $(get p_error) per PBS, global_p_error as Concrete reports it $(get global_p_error); max bit width $(get max_bit_width) |
 | accuracy | see pkn eval (README) | Brevitas $(get acc_torch), quantized clear $(get acc_clear), simulated $(get acc_sim) |
 EOF
 [ "$ours_image" = unavailable ] && echo "pkn's side unavailable: ${reason:-}"

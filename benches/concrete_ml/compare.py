@@ -15,6 +15,7 @@ Not part of CI. Fashion-MNIST comes from Debian's dataset-fashion-mnist package.
 import argparse
 import gzip
 import inspect
+import json
 import os
 import sys
 import time
@@ -147,6 +148,22 @@ def module_accuracy(qm, x, y, fhe):
     return (pred == y).mean()
 
 
+def print_key_parameters(circuit):
+    """The TFHE parameters Concrete's optimizer chose: one line per bootstrap / keyswitch key."""
+    try:
+        keyset = json.loads(circuit.client.specs.program_info.serialize())["keyset"]
+        for b in keyset["lweBootstrapKeys"]:
+            q = b["params"]
+            print(f"bootstrap key {b['id']}: n {q['inputLweDimension']} -> k {q['glweDimension']}, "
+                  f"N {q['polynomialSize']}, decomposition 2^{q['baseLog']}x{q['levelCount']}", flush=True)
+        for k in keyset["lweKeyswitchKeys"]:
+            q = k["params"]
+            print(f"keyswitch key {k['id']}: {q['inputLweDimension']} -> {q['outputLweDimension']}, "
+                  f"decomposition 2^{q['baseLog']}x{q['levelCount']}", flush=True)
+    except Exception as e:  # informational only
+        print(f"key parameters unavailable: {e}", flush=True)
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--model", choices=sorted(MODELS), default="tiny-pkn")
@@ -164,6 +181,7 @@ def main():
                    help="rounding_threshold_bits (default: none, Concrete ML's default)")
     p.add_argument("--rounding-method", choices=["exact", "approximate"], default="exact",
                    help="with --rounding-bits: Concrete ML's rounding exactness")
+    p.add_argument("--force-fhe", action="store_true", help="run encrypted even if the keys exceed 80%% of RAM")
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args()
 
@@ -201,9 +219,10 @@ def main():
 
     calib = xtr[np.random.permutation(len(xtr))[:a.calib_images]].numpy()
     t0 = time.time()
-    kwargs = {}
+    kwargs, rounding = {}, "none"
     if a.rounding_bits is not None:  # not Concrete ML's default: only when asked
         kwargs["rounding_threshold_bits"] = {"n_bits": a.rounding_bits, "method": a.rounding_method}
+        rounding = f"{a.rounding_bits}-bit-{a.rounding_method}"
         print(f"non-default setting: rounding_threshold_bits={kwargs['rounding_threshold_bits']}", flush=True)
     qm = compile_brevitas_qat_model(model, calib, **kwargs)
     t_compile = time.time() - t0
@@ -224,6 +243,8 @@ def main():
     except Exception as e:  # sizes are informational only
         print(f"sizes unavailable: {e}", flush=True)
 
+    print_key_parameters(circuit)
+
     xs, ys = xte[:a.sim_images].numpy(), yte[:a.sim_images]
     acc_clear = module_accuracy(qm, xs, ys, "disable")
     t0 = time.time()
@@ -234,6 +255,12 @@ def main():
           f"(simulation {t_sim / len(xs) * 1000:.1f} ms/image)", flush=True)
 
     fhe_s, keygen_s = float("nan"), float("nan")
+    key_bytes = circuit.size_of_bootstrap_keys + circuit.size_of_keyswitch_keys
+    mem_bytes = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if a.fhe_images > 0 and key_bytes > 0.8 * mem_bytes and not a.force_fhe:
+        print(f"FHE execution skipped: the server keys alone take {key_bytes / 2**30:.1f} GiB, this machine "
+              f"has {mem_bytes / 2**30:.1f} GiB (--force-fhe tries anyway; --rounding-bits shrinks them)", flush=True)
+        a.fhe_images = 0
     if a.fhe_images > 0:
         t0 = time.time()
         circuit.keygen(force=True)
@@ -256,7 +283,7 @@ def main():
               f"{agree}/{len(times)} agree with simulation", flush=True)
 
     print(f"RESULT model={a.model} fhe_s_per_image={fhe_s:.2f} keygen_s={keygen_s:.2f} compile_s={t_compile:.1f} "
-          f"max_bit_width={bits} p_error={circuit.p_error:.3g} global_p_error={circuit.global_p_error:.3g} "
+          f"key_gib={key_bytes / 2**30:.1f} rounding={rounding} max_bit_width={bits} p_error={circuit.p_error:.3g} global_p_error={circuit.global_p_error:.3g} "
           f"pbs={stats.get('programmable_bootstrap_count', '?')} acc_torch={acc_torch:.4f} "
           f"acc_clear={acc_clear:.4f} acc_sim={acc_sim:.4f} version={concrete.ml.__version__}", flush=True)
 
