@@ -83,8 +83,10 @@ fn encrypted_inference_through_the_cli_equals_the_clear_reference() {
     fails(d, &["keygen"], "already exists");
 }
 
-/// A run killed with SIGKILL after its first checkpoint resumes from it and writes the same
-/// output, bit for bit, as an uninterrupted run; a second run on the same output is refused meanwhile.
+/// A run killed with SIGKILL after its first checkpoint resumes from it, and its result decrypts to
+/// exactly the uninterrupted run's (and the clear circuit's); a second run on the same output is
+/// refused meanwhile. (The ciphertexts themselves may differ in their noise bits between processes:
+/// tfhe picks its FFT algorithm by timing it.)
 #[test]
 fn a_killed_inference_resumes_and_gives_the_same_output() {
     let dir = tempfile::tempdir().unwrap();
@@ -120,11 +122,14 @@ fn a_killed_inference_resumes_and_gives_the_same_output() {
 
     let resumed = ok(d, &["infer", "-o", "resumed.ct"]);
     assert!(resumed.contains("resuming from"), "did not resume: {resumed}");
-    assert_eq!(
-        std::fs::read(d.join("resumed.ct")).unwrap(),
-        std::fs::read(d.join("whole.ct")).unwrap()
-    );
     assert!(!checkpoint.exists(), "the checkpoint outlived the run");
+    let whole = prediction(&ok(d, &["decrypt", "-i", "whole.ct"]));
+    assert_eq!(whole.len(), 12, "unexpected output {whole:?}");
+    assert_eq!(prediction(&ok(d, &["decrypt", "-i", "resumed.ct"])), whole);
+    assert_eq!(
+        prediction(&ok(d, &["infer", "--clear", &sample("test-0-ankle-boot.png")])),
+        whole
+    );
 }
 
 #[test]

@@ -54,6 +54,17 @@ pub fn run(a: Args) -> anyhow::Result<()> {
                     LinearOp::Dense => format!("dense -> {}", l.out_shape.channels),
                     LinearOp::SumPool { kernel, .. } => format!("sum pool {kernel}x{kernel}"),
                 };
+                let op = match &l.residual {
+                    Some(r) => {
+                        let source = match r.from.checked_sub(1).map(|i| &c.layers[i]) {
+                            Some(Layer::Linear(l)) => l.name.as_str(),
+                            Some(Layer::Requant(q)) => q.name.as_str(),
+                            None => "input",
+                        };
+                        format!("{op} + {source}")
+                    }
+                    None => op,
+                };
                 println!("{:<10} {:<32} {:>10}", l.name, op, l.out_shape.len());
             }
             Layer::Requant(r) => {

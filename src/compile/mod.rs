@@ -16,6 +16,8 @@ mod quantize;
 
 use std::collections::{HashMap, HashSet};
 
+use rayon::prelude::*;
+
 use crate::circuit::{
     window_output, Circuit, InputSpec, Layer, Linear, LinearOp, OutputSpec, Requant, Shape, TruncStep, CIRCUIT_VERSION,
 };
@@ -201,7 +203,11 @@ impl Builder<'_> {
                     };
                     state.scale /= k2 as f64;
                     state.zero_point *= k2;
-                    state.values = state.values.iter().map(|v| clear::linear(&layer, v, None)).collect();
+                    state.values = state
+                        .values
+                        .par_iter()
+                        .map(|v| clear::linear(&layer, v, None))
+                        .collect();
                     state.shape = layer.out_shape;
                     state.tensor = self.push(Layer::Linear(layer));
                 }
@@ -447,7 +453,7 @@ fn requantize(
     let residual_values = |image: usize| residual.map(|r| r.values[image].as_slice());
     let raw_accs: Vec<Vec<i64>> = state
         .values
-        .iter()
+        .par_iter()
         .enumerate()
         .map(|(image, v)| clear::linear(layer, v, residual_values(image)))
         .collect();
@@ -566,7 +572,7 @@ fn requantize(
     let linear = lin.layer;
     state.values = state
         .values
-        .iter()
+        .par_iter()
         .enumerate()
         .map(|(image, v)| clear::requant(&requant, &clear::linear(&linear, v, residual_values(image))))
         .collect();

@@ -3,8 +3,8 @@
 //! A run writing `OUT` holds an exclusive lock on `OUT.lock` (released by the OS when the process
 //! dies, so a kill -9 leaves no stale lock) and saves its state after every requant layer to
 //! `OUT.ckpt`, atomically. The checkpoint records the key and model ids and the SHA-256 of the
-//! encrypted input, so it is only ever resumed by the same computation; the evaluation is
-//! deterministic, so a resumed run writes the same output, bit for bit, as an uninterrupted one.
+//! encrypted input, so it is only ever resumed by the same computation, and a resumed run's result
+//! decrypts to exactly an uninterrupted run's.
 
 use std::fs::{File, TryLockError};
 use std::path::{Path, PathBuf};
