@@ -264,6 +264,22 @@ impl Circuit {
         })
     }
 
+    /// The encoding (bits) of the values held before layer `index` runs (`None` past the end + 1):
+    /// the input's, or that of the last requant before it.
+    pub fn encoding_bits_before(&self, index: usize) -> Option<u32> {
+        let before = self.layers.get(..index)?;
+        Some(
+            before
+                .iter()
+                .rev()
+                .find_map(|l| match l {
+                    Layer::Requant(r) => Some(r.output_encoding_bits),
+                    Layer::Linear(_) => None,
+                })
+                .unwrap_or(self.input.encoding_bits),
+        )
+    }
+
     /// Total bootstraps, and how many of them are truncation steps.
     pub fn pbs_counts(&self) -> (u64, u64) {
         self.requants().fold((0, 0), |(all, trunc), r| {

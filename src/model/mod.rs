@@ -2,7 +2,7 @@
 
 mod load;
 
-pub use load::load_model;
+pub use load::{load_model, parse_model};
 
 use serde::Deserialize;
 
