@@ -24,6 +24,28 @@ fn quantize_rows(weights: &[f64], rows: usize, bits: u32, per_tensor: bool) -> (
     (q, scales)
 }
 
+/// Most values a layer may output: each is a 16 KB ciphertext, so 2^20 of them is 16 GB.
+const MAX_LAYER_VALUES: usize = 1 << 20;
+/// Most multiply-adds a layer may take per image: calibration runs them on every image.
+const MAX_LAYER_TERMS: usize = 1 << 27;
+
+/// Refuse a layer too large to calibrate or run before anything is allocated by its size.
+fn check_size(name: &str, out: Shape, terms_per_value: usize) -> Result<()> {
+    let values = out
+        .channels
+        .checked_mul(out.height)
+        .and_then(|v| v.checked_mul(out.width));
+    let terms = values.and_then(|v| v.checked_mul(terms_per_value));
+    match (values, terms) {
+        (Some(v), Some(t)) if v <= MAX_LAYER_VALUES && t <= MAX_LAYER_TERMS => Ok(()),
+        _ => Err(Error::Compile(format!(
+            "layer {name} is too large: {}x{}x{} outputs of {terms_per_value} terms each (at most {MAX_LAYER_VALUES} \
+             outputs and {MAX_LAYER_TERMS} terms)",
+            out.channels, out.height, out.width
+        ))),
+    }
+}
+
 /// Quantize a conv or dense node against the current tensor. `per_tensor` gives every output
 /// the same scale (the output layer, whose raw integers are compared by argmax).
 pub(crate) fn quantize_weights(node: &Node, state: &State, bits: u32, per_tensor: bool) -> Result<QuantizedLinear> {
@@ -93,6 +115,7 @@ pub(crate) fn quantize_weights(node: &Node, state: &State, bits: u32, per_tensor
         _ => unreachable!("quantize_weights is called on linear nodes only"),
     };
     let rows = out_shape.channels;
+    check_size(name, out_shape, weights.len() / rows.max(1))?;
     let (q, scales) = quantize_rows(weights, rows, bits, per_tensor);
     let row_len = q.len() / rows;
     let zero_term = q
@@ -167,6 +190,20 @@ impl<'a> Chain<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn oversized_layers_are_refused() {
+        let shape = |channels, height, width| Shape {
+            channels,
+            height,
+            width,
+        };
+        check_size("c", shape(4, 14, 14), 9).unwrap();
+        let err = check_size("c", shape(1 << 12, 1 << 12, 1), 1).unwrap_err().to_string();
+        assert!(err.contains("layer c is too large: 4096x4096x1 outputs"), "{err}");
+        assert!(check_size("c", shape(10, 10, 10), 1 << 20).is_err());
+        assert!(check_size("c", shape(usize::MAX, 2, 1), 1).is_err());
+    }
 
     #[test]
     fn weights_quantize_per_row() {
