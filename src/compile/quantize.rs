@@ -154,8 +154,9 @@ impl ActQuant {
         ActQuant { scale, zero_point, max }
     }
 
+    /// Clamped in floating point: a huge (yet finite) `y` saturates instead of overflowing.
     pub fn quantize(&self, y: f64) -> i64 {
-        ((y / self.scale).round() as i64 + self.zero_point).clamp(0, self.max)
+        ((y / self.scale).round() + self.zero_point as f64).clamp(0.0, self.max as f64) as i64
     }
 }
 
@@ -190,6 +191,15 @@ impl<'a> Chain<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn activation_quantization_saturates_at_any_magnitude() {
+        let act = ActQuant::from_range(-1.0, 1.0, 4);
+        assert_eq!(act.quantize(0.0), act.zero_point);
+        assert_eq!(act.quantize(3e38), 15);
+        assert_eq!(act.quantize(f64::MAX), 15);
+        assert_eq!(act.quantize(-3e38), 0);
+    }
 
     #[test]
     fn oversized_layers_are_refused() {
