@@ -218,7 +218,7 @@ impl Linear {
 
 /// Output size of a sliding window along one axis.
 pub fn window_output(size: usize, kernel: usize, stride: usize, padding: usize) -> Option<usize> {
-    let padded = size + 2 * padding;
+    let padded = padding.checked_mul(2)?.checked_add(size)?;
     (padded >= kernel && stride > 0).then(|| (padded - kernel) / stride + 1)
 }
 

@@ -19,6 +19,10 @@ pub enum Error {
     Image { path: PathBuf, message: String },
     #[error("dataset {path}: {message}")]
     Dataset { path: PathBuf, message: String },
+    /// A payload that decoded but does not fit its parameters; refused before any use that
+    /// would index or allocate by its hostile sizes.
+    #[error("malformed {what}: {message}")]
+    Malformed { what: &'static str, message: String },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -28,6 +32,13 @@ impl Error {
         Error::Io {
             path: path.into(),
             source,
+        }
+    }
+
+    pub fn malformed(what: &'static str, message: impl Into<String>) -> Self {
+        Error::Malformed {
+            what,
+            message: message.into(),
         }
     }
 

@@ -6,9 +6,12 @@
 //! secret-key bits (bootstrap key) and of big-key coefficients (keyswitch key): no secret.
 
 use serde::{Deserialize, Serialize};
+use tfhe::core_crypto::commons::math::random::CompressionSeed;
 use tfhe::core_crypto::prelude::*;
+use tfhe_csprng::seeders::SeedKind;
 use zeroize::Zeroize;
 
+use crate::error::{Error, Result};
 use crate::params::{Bootstrap, FheParams};
 
 /// Secret-key bits are wiped from memory when the key is dropped (tfhe's key types do not do it).
@@ -58,6 +61,10 @@ impl EvaluationKey {
         }
     }
 }
+
+/// Widest encoding a decoded file may claim; decoding shifts by `63 - bits` and wraps by
+/// `2^(bits + 1)`, and the circuits use a dozen bits at most.
+pub const MAX_ENCODING_BITS: u32 = 32;
 
 /// Encoding `Delta = 2^(63 - bits)`: `bits` of message plus one padding bit.
 pub fn delta(bits: u32) -> u64 {
@@ -162,6 +169,32 @@ impl ClientKey {
         list
     }
 
+    /// Refuse a decoded key whose sizes do not fit its parameters, or whose parameters are not
+    /// a set pkn uses: every later use indexes by the parameters.
+    pub fn check(&self) -> Result<()> {
+        let p = known_params(&self.params, "client key")?;
+        let bad = |message: String| Err(Error::malformed("client key", message));
+        if self.small_key.as_ref().len() != p.lwe_dimension {
+            return bad(format!(
+                "small key has {} coefficients, parameters say {}",
+                self.small_key.as_ref().len(),
+                p.lwe_dimension
+            ));
+        }
+        if self.glwe_key.polynomial_size().0 != p.polynomial_size
+            || self.glwe_key.as_ref().len() != p.big_lwe_dimension()
+        {
+            return bad(format!(
+                "GLWE key has {} coefficients in polynomials of {}, parameters say {} in polynomials of {}",
+                self.glwe_key.as_ref().len(),
+                self.glwe_key.polynomial_size().0,
+                p.big_lwe_dimension(),
+                p.polynomial_size
+            ));
+        }
+        Ok(())
+    }
+
     /// The raw phase of a big-key ciphertext (message plus noise).
     pub fn phase(&self, ct: &[u64]) -> u64 {
         let ct = LweCiphertext::from_container(ct, native());
@@ -175,6 +208,65 @@ impl ClientKey {
 }
 
 impl ServerKey {
+    /// Refuse a decoded key whose sizes, decompositions, modulus or seeds do not fit its
+    /// parameters: [`ServerKey::expand`] would otherwise index, allocate or panic by them.
+    pub fn check(&self) -> Result<()> {
+        let p = known_params(&self.params, "server key")?;
+        for (which, bsk) in [
+            (Bootstrap::Precise, &self.bootstrap_key),
+            (Bootstrap::Cheap, &self.cheap_bootstrap_key),
+        ] {
+            let (base_log, level) = p.decomposition(which);
+            let found = (
+                bsk.glwe_size().0,
+                bsk.polynomial_size().0,
+                bsk.decomposition_base_log().0,
+                bsk.decomposition_level_count().0,
+                bsk.as_ref().len(),
+            );
+            let glwe_size = p.glwe_dimension + 1;
+            let expected = (
+                glwe_size,
+                p.polynomial_size,
+                base_log,
+                level,
+                p.lwe_dimension * level * glwe_size * p.polynomial_size,
+            );
+            if found != expected {
+                return Err(Error::malformed(
+                    "server key",
+                    format!(
+                        "{which:?} bootstrap key has (GLWE size, N, base log, levels, length) {found:?}, parameters say \
+                         {expected:?}"
+                    ),
+                ));
+            }
+            check_seeded("server key", bsk.ciphertext_modulus(), bsk.compression_seed())?;
+        }
+        let ksk = &self.keyswitch_key;
+        let found = (
+            ksk.output_lwe_size().0,
+            ksk.decomposition_base_log().0,
+            ksk.decomposition_level_count().0,
+            ksk.as_ref().len(),
+        );
+        let expected = (
+            p.lwe_dimension + 1,
+            p.ks_base_log,
+            p.ks_level,
+            p.big_lwe_dimension() * p.ks_level,
+        );
+        if found != expected {
+            return Err(Error::malformed(
+                "server key",
+                format!(
+                    "keyswitch key has (output LWE size, base log, levels, length) {found:?}, parameters say {expected:?}"
+                ),
+            ));
+        }
+        check_seeded("server key", ksk.ciphertext_modulus(), ksk.compression_seed())
+    }
+
     /// Decompress and convert to the Fourier domain, once per run.
     pub fn expand(self) -> EvaluationKey {
         EvaluationKey {
@@ -185,6 +277,38 @@ impl ServerKey {
             keyswitch_key: self.keyswitch_key.par_decompress_into_lwe_keyswitch_key(),
         }
     }
+}
+
+/// `params` if it is one of the sets pkn generates keys for.
+fn known_params(params: &FheParams, what: &'static str) -> Result<FheParams> {
+    if FheParams::candidates().contains(params) {
+        Ok(*params)
+    } else {
+        Err(Error::malformed(
+            what,
+            format!("unknown parameter set {}", params.name()),
+        ))
+    }
+}
+
+/// Refuse a seeded entity that pkn would not have written: a non-native modulus, or a seed
+/// other than a plain counter seed from the first table index (a hostile index or XOF seed
+/// would make decompression run the generator past its end).
+pub fn check_seeded(what: &'static str, modulus: CiphertextModulus<u64>, seed: CompressionSeed) -> Result<()> {
+    if !modulus.is_native_modulus() {
+        return Err(Error::malformed(
+            what,
+            format!("ciphertext modulus {modulus:?} is not 2^64"),
+        ));
+    }
+    let plain = match seed.inner.seed {
+        SeedKind::Ctr(s) => seed == CompressionSeed::from(s),
+        SeedKind::Xof(_) => false,
+    };
+    if !plain {
+        return Err(Error::malformed(what, "compression seed is not one pkn writes"));
+    }
+    Ok(())
 }
 
 fn to_fourier(seeded: SeededLweBootstrapKeyOwned<u64>) -> FourierLweBootstrapKeyOwned {
@@ -202,7 +326,90 @@ fn to_fourier(seeded: SeededLweBootstrapKeyOwned<u64>) -> FourierLweBootstrapKey
 
 #[cfg(test)]
 mod tests {
+    use tfhe::core_crypto::commons::math::random::Seed;
+
     use super::*;
+
+    const PARAMS: FheParams = FheParams::stock_2_2_with_pbs(15, 2);
+
+    fn seeded_bsk(input_lwe_dimension: usize, (base_log, level): (usize, usize)) -> SeededLweBootstrapKeyOwned<u64> {
+        SeededLweBootstrapKey::new(
+            0,
+            GlweSize(PARAMS.glwe_dimension + 1),
+            PolynomialSize(PARAMS.polynomial_size),
+            DecompositionBaseLog(base_log),
+            DecompositionLevelCount(level),
+            LweDimension(input_lwe_dimension),
+            Seed(7).into(),
+            native(),
+        )
+    }
+
+    /// A server key of `params` whose precise bootstrap key encrypts `bsk_inputs` key bits;
+    /// the real count (918) makes a 60 MB key, so the passing case uses the cheap key's size.
+    fn server_key(bsk_inputs: usize, ksk_levels: usize) -> ServerKey {
+        ServerKey {
+            params: PARAMS,
+            key_id: [0; 16],
+            bootstrap_key: seeded_bsk(bsk_inputs, PARAMS.decomposition(Bootstrap::Precise)),
+            cheap_bootstrap_key: seeded_bsk(PARAMS.lwe_dimension, PARAMS.decomposition(Bootstrap::Cheap)),
+            keyswitch_key: SeededLweKeyswitchKey::new(
+                0,
+                DecompositionBaseLog(PARAMS.ks_base_log),
+                DecompositionLevelCount(ksk_levels),
+                LweDimension(PARAMS.big_lwe_dimension()),
+                LweDimension(PARAMS.lwe_dimension),
+                Seed(8).into(),
+                native(),
+            ),
+        }
+    }
+
+    #[test]
+    fn server_key_sizes_are_checked_against_the_parameters() {
+        let err = server_key(1, PARAMS.ks_level).check().unwrap_err().to_string();
+        assert!(err.contains("malformed server key: Precise bootstrap key"), "{err}");
+        let mut key = server_key(1, PARAMS.ks_level);
+        key.bootstrap_key = seeded_bsk(PARAMS.lwe_dimension, PARAMS.decomposition(Bootstrap::Precise));
+        key.check().unwrap();
+        key.keyswitch_key = server_key(1, PARAMS.ks_level + 1).keyswitch_key;
+        let err = key.check().unwrap_err().to_string();
+        assert!(err.contains("keyswitch key"), "{err}");
+        key.params.pbs_level = 9;
+        let err = key.check().unwrap_err().to_string();
+        assert!(err.contains("unknown parameter set"), "{err}");
+    }
+
+    #[test]
+    fn client_key_sizes_are_checked_against_the_parameters() {
+        let key = |lwe: usize, poly: usize| ClientKey {
+            params: PARAMS,
+            key_id: [0; 16],
+            small_key: LweSecretKey::new_empty_key(0, LweDimension(lwe)),
+            glwe_key: GlweSecretKey::new_empty_key(0, GlweDimension(1), PolynomialSize(poly)),
+        };
+        key(PARAMS.lwe_dimension, PARAMS.polynomial_size).check().unwrap();
+        let err = key(PARAMS.lwe_dimension + 1, PARAMS.polynomial_size)
+            .check()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("small key has 919 coefficients"), "{err}");
+        let err = key(PARAMS.lwe_dimension, 1024).check().unwrap_err().to_string();
+        assert!(err.contains("GLWE key has 1024 coefficients"), "{err}");
+    }
+
+    #[test]
+    fn only_plain_counter_seeds_are_accepted() {
+        check_seeded("x", native(), Seed(5).into()).unwrap();
+        let mut shifted = CompressionSeed::from(Seed(5));
+        shifted.inner.first_index = shifted.inner.first_index.increased(1);
+        let err = check_seeded("x", native(), shifted).unwrap_err().to_string();
+        assert!(err.contains("compression seed"), "{err}");
+        let err = check_seeded("x", CiphertextModulus::try_new_power_of_2(32).unwrap(), Seed(5).into())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("not 2^64"), "{err}");
+    }
 
     #[test]
     fn encode_decode_round_trip_with_wrap() {

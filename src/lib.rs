@@ -9,6 +9,7 @@ pub mod cli;
 pub mod compile;
 pub mod error;
 pub mod eval;
+pub mod fuzzing;
 pub mod io;
 pub mod keys;
 pub mod model;

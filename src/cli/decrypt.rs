@@ -1,8 +1,10 @@
 use std::path::PathBuf;
 
-use super::infer::EncryptedOutput;
+use anyhow::Context;
+
 use super::{print_prediction, DEFAULT_CLIENT_KEY, DEFAULT_OUTPUT};
 use crate::io::container::{self, hex, Ids, Kind};
+use crate::io::payload::EncryptedOutput;
 use crate::keys::ClientKey;
 
 #[derive(clap::Args, Debug)]
@@ -27,14 +29,11 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             hex(&key.key_id)
         );
     }
-    if result.ciphertexts.lwe_size().0 != key.params.big_lwe_dimension() + 1
-        || result.ciphertexts.lwe_ciphertext_count().0 != result.output.classes.len()
-    {
-        anyhow::bail!(
-            "{} does not hold one ciphertext per class of this key's size",
-            a.input.display()
-        );
-    }
+    key.check()
+        .with_context(|| format!("{} is not a usable client key", a.key.display()))?;
+    result
+        .check(&key.params)
+        .with_context(|| format!("{} is not a usable encrypted result", a.input.display()))?;
     let scores = key.decrypt(&result.ciphertexts, result.output.bits);
     print_prediction(&result.output, &scores);
     Ok(())

@@ -1,12 +1,12 @@
 use std::path::PathBuf;
 
-use serde::{Deserialize, Serialize};
-use tfhe::core_crypto::prelude::SeededLweCiphertextListOwned;
+use anyhow::Context;
 
 use super::{ModelArgs, DEFAULT_CLIENT_KEY, DEFAULT_INPUT};
 use crate::eval::clear::quantize_pixels;
 use crate::io::container::{self, Ids, Kind};
 use crate::io::image::load_gray_png;
+use crate::io::payload::EncryptedInput;
 use crate::keys::ClientKey;
 
 #[derive(clap::Args, Debug)]
@@ -23,12 +23,6 @@ pub struct Args {
     pub output: PathBuf,
 }
 
-/// Payload of an encrypted input file.
-#[derive(Serialize, Deserialize)]
-pub struct EncryptedInput {
-    pub ciphertexts: SeededLweCiphertextListOwned<u64>,
-}
-
 pub fn run(a: Args) -> anyhow::Result<()> {
     let circuit = a.model.circuit()?;
     let shape = circuit.input.shape;
@@ -42,6 +36,8 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let params = circuit.fhe_params()?;
     let pixels = load_gray_png(&a.image, shape.width, shape.height)?;
     let (_, key): (_, ClientKey) = container::read(&a.key, Kind::ClientKey)?;
+    key.check()
+        .with_context(|| format!("{} is not a usable client key", a.key.display()))?;
     if key.params != params {
         anyhow::bail!(
             "{} was generated for parameters {}, model {} needs {}; run pkn keygen --model {}",

@@ -1,16 +1,14 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use serde::{Deserialize, Serialize};
-use tfhe::core_crypto::prelude::LweCiphertextListOwned;
+use anyhow::Context;
 
-use super::encrypt::EncryptedInput;
 use super::{print_prediction, ModelArgs, DEFAULT_INPUT, DEFAULT_OUTPUT, DEFAULT_SERVER_KEY};
-use crate::circuit::OutputSpec;
 use crate::eval::{clear, fhe};
 use crate::io::checkpoint::{file_digest, Checkpointing, Resume};
 use crate::io::container::{self, hex, Ids, Kind};
 use crate::io::image::load_gray_png;
+use crate::io::payload::{EncryptedInput, EncryptedOutput};
 use crate::keys::ServerKey;
 
 #[derive(clap::Args, Debug)]
@@ -29,13 +27,6 @@ pub struct Args {
     /// Run the integer reference on this plaintext PNG instead (no keys, no encryption).
     #[arg(long, value_name = "IMAGE")]
     pub clear: Option<PathBuf>,
-}
-
-/// Payload of an encrypted result file: the outputs and how to read them.
-#[derive(Serialize, Deserialize)]
-pub struct EncryptedOutput {
-    pub output: OutputSpec,
-    pub ciphertexts: LweCiphertextListOwned<u64>,
 }
 
 pub fn run(a: Args) -> anyhow::Result<()> {
@@ -80,14 +71,12 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             params.name()
         );
     }
-    let expected = circuit.input.shape.len();
-    let ciphertexts = input.ciphertexts.par_decompress_into_lwe_ciphertext_list();
-    if ciphertexts.lwe_ciphertext_count().0 != expected || ciphertexts.lwe_size().0 != params.big_lwe_dimension() + 1 {
-        anyhow::bail!(
-            "{} does not hold {expected} ciphertexts of this key's size",
-            a.input.display()
-        );
-    }
+    server_key
+        .check()
+        .with_context(|| format!("{} is not a usable server key", a.server_key.display()))?;
+    let ciphertexts = input
+        .into_ciphertexts(&params, circuit.input.shape.len())
+        .with_context(|| format!("{} is not a usable encrypted input", a.input.display()))?;
     let ids = Ids {
         key: key_ids.key,
         model: model_id,

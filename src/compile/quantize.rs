@@ -44,6 +44,28 @@ fn quantize_rows_for_residual(weights: &[f64], rows: usize, bits: u32, unit: f64
     (q, scales, gains)
 }
 
+/// Most values a layer may output: each is a 16 KB ciphertext, so 2^20 of them is 16 GB.
+const MAX_LAYER_VALUES: usize = 1 << 20;
+/// Most multiply-adds a layer may take per image: calibration runs them on every image.
+const MAX_LAYER_TERMS: usize = 1 << 27;
+
+/// Refuse a layer too large to calibrate or run before anything is allocated by its size.
+fn check_size(name: &str, out: Shape, terms_per_value: usize) -> Result<()> {
+    let values = out
+        .channels
+        .checked_mul(out.height)
+        .and_then(|v| v.checked_mul(out.width));
+    let terms = values.and_then(|v| v.checked_mul(terms_per_value));
+    match (values, terms) {
+        (Some(v), Some(t)) if v <= MAX_LAYER_VALUES && t <= MAX_LAYER_TERMS => Ok(()),
+        _ => Err(Error::Compile(format!(
+            "layer {name} is too large: {}x{}x{} outputs of {terms_per_value} terms each (at most {MAX_LAYER_VALUES} \
+             outputs and {MAX_LAYER_TERMS} terms)",
+            out.channels, out.height, out.width
+        ))),
+    }
+}
+
 /// Quantize a conv or dense node against the current tensor. `per_tensor` gives every output
 /// the same scale (the output layer, whose raw integers are compared by argmax). With a
 /// `residual` tensor (scale s_r), channel c counts in units of s_r / H_c, with the integer
@@ -122,6 +144,7 @@ pub(crate) fn quantize_weights(
         _ => unreachable!("quantize_weights is called on linear nodes only"),
     };
     let rows = out_shape.channels;
+    check_size(name, out_shape, weights.len() / rows.max(1))?;
     let (q, scales, residual) = match residual {
         None => {
             let (q, scales) = quantize_rows(weights, rows, bits, per_tensor);
@@ -187,8 +210,9 @@ impl ActQuant {
         ActQuant { scale, zero_point, max }
     }
 
+    /// Clamped in floating point: a huge (yet finite) `y` saturates instead of overflowing.
     pub fn quantize(&self, y: f64) -> i64 {
-        ((y / self.scale).round() as i64 + self.zero_point).clamp(0, self.max)
+        ((y / self.scale).round() + self.zero_point as f64).clamp(0.0, self.max as f64) as i64
     }
 }
 
@@ -223,6 +247,29 @@ impl<'a> Chain<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn activation_quantization_saturates_at_any_magnitude() {
+        let act = ActQuant::from_range(-1.0, 1.0, 4);
+        assert_eq!(act.quantize(0.0), act.zero_point);
+        assert_eq!(act.quantize(3e38), 15);
+        assert_eq!(act.quantize(f64::MAX), 15);
+        assert_eq!(act.quantize(-3e38), 0);
+    }
+
+    #[test]
+    fn oversized_layers_are_refused() {
+        let shape = |channels, height, width| Shape {
+            channels,
+            height,
+            width,
+        };
+        check_size("c", shape(4, 14, 14), 9).unwrap();
+        let err = check_size("c", shape(1 << 12, 1 << 12, 1), 1).unwrap_err().to_string();
+        assert!(err.contains("layer c is too large: 4096x4096x1 outputs"), "{err}");
+        assert!(check_size("c", shape(10, 10, 10), 1 << 20).is_err());
+        assert!(check_size("c", shape(usize::MAX, 2, 1), 1).is_err());
+    }
 
     #[test]
     fn weights_quantize_per_row() {

@@ -47,7 +47,8 @@ fn sibling(path: &Path, suffix: &str) -> PathBuf {
     PathBuf::from(name)
 }
 
-/// Whether a saved state has the tensors the circuit holds before its next layer, of the right sizes.
+/// Whether a saved state holds exactly the tensors the circuit holds before its next layer, with
+/// their sizes (compared before anything is computed from them).
 fn fits(circuit: &Circuit, state: &State, lwe_size: usize) -> bool {
     let next = state.next_layer;
     if next > circuit.layers.len() || state.slots.len() != circuit.layers.len() + 1 {
@@ -60,7 +61,8 @@ fn fits(circuit: &Circuit, state: &State, lwe_size: usize) -> bool {
             None => !live,
             Some(cts) => {
                 live && cts.lwe_size().0 == lwe_size
-                    && circuit.tensor_shape(t).map(|s| s.len()) == Some(cts.lwe_ciphertext_count().0)
+                    && cts.ciphertext_modulus().is_native_modulus()
+                    && circuit.tensor_shape(t).and_then(|s| s.len().checked_mul(lwe_size)) == Some(cts.as_ref().len())
             }
         }
     })
@@ -70,6 +72,44 @@ fn fits(circuit: &Circuit, state: &State, lwe_size: usize) -> bool {
 pub fn file_digest(path: &Path) -> Result<[u8; 32]> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
     Ok(Sha256::digest(bytes).into())
+}
+
+/// What a checkpoint must match to be resumed.
+pub struct Expected<'a> {
+    pub ids: Ids,
+    pub input_digest: [u8; 32],
+    pub circuit: &'a Circuit,
+    /// Size of every ciphertext (the big LWE dimension plus one).
+    pub lwe_size: usize,
+}
+
+/// [`Checkpointing::load`] on the bytes of a checkpoint file; `path` only names it in messages.
+pub fn resume_from_bytes(path: &Path, bytes: &[u8], expected: &Expected) -> Resume {
+    judge(path, container::decode(path, bytes, Kind::Checkpoint), expected)
+}
+
+/// Whether a decoded checkpoint belongs to this computation and fits its circuit at the layer it
+/// names; sizes are compared before anything is computed from them.
+fn judge(path: &Path, read: Result<(Ids, Checkpoint)>, expected: &Expected) -> Resume {
+    let (ids, saved) = match read {
+        Ok(read) => read,
+        Err(e) => return Resume::Fresh(Some(format!("unusable checkpoint ({e})"))),
+    };
+    if ids != expected.ids || saved.input_digest != expected.input_digest {
+        return Resume::Fresh(Some(format!(
+            "{} belongs to another input, key or model",
+            path.display()
+        )));
+    }
+    let state = saved.state;
+    if !fits(expected.circuit, &state, expected.lwe_size) {
+        return Resume::Fresh(Some(format!(
+            "{} does not match the circuit's layer {}",
+            path.display(),
+            state.next_layer
+        )));
+    }
+    Resume::From(state)
 }
 
 impl Checkpointing {
@@ -106,25 +146,13 @@ impl Checkpointing {
         if !self.path.exists() {
             return Resume::Fresh(None);
         }
-        let (ids, saved): (Ids, Checkpoint) = match container::read(&self.path, Kind::Checkpoint) {
-            Ok(read) => read,
-            Err(e) => return Resume::Fresh(Some(format!("unusable checkpoint ({e})"))),
+        let expected = Expected {
+            ids: self.ids,
+            input_digest: self.input_digest,
+            circuit,
+            lwe_size,
         };
-        if ids != self.ids || saved.input_digest != self.input_digest {
-            return Resume::Fresh(Some(format!(
-                "{} belongs to another input, key or model",
-                self.path.display()
-            )));
-        }
-        let state = saved.state;
-        if !fits(circuit, &state, lwe_size) {
-            return Resume::Fresh(Some(format!(
-                "{} does not match the circuit's layer {}",
-                self.path.display(),
-                state.next_layer
-            )));
-        }
-        Resume::From(state)
+        judge(&self.path, container::read(&self.path, Kind::Checkpoint), &expected)
     }
 
     /// Save `state` atomically (temp file, sync, rename).
@@ -150,7 +178,74 @@ impl Checkpointing {
 
 #[cfg(test)]
 mod tests {
+    use tfhe::core_crypto::prelude::{CiphertextModulus, LweCiphertextList, LweSize};
+
     use super::*;
+    use crate::eval::fhe::State;
+
+    fn shipped_circuit() -> Circuit {
+        let weights = Path::new(env!("CARGO_MANIFEST_DIR")).join("weights");
+        let model = crate::model::load_model(&weights.join("tiny-pkn.safetensors")).unwrap();
+        let images = crate::io::idx::read_images(&weights.join("calibration-images.idx")).unwrap();
+        crate::compile::compile(&model, &images[..2], &Default::default()).unwrap()
+    }
+
+    /// The bytes of a checkpoint file for `ids()` and a zero input digest, at layer `next_layer`
+    /// with tensors `live` (index, values), each ciphertext of `lwe_size`.
+    fn checkpoint_bytes(circuit: &Circuit, next_layer: usize, live: &[(usize, usize)], lwe_size: usize) -> Vec<u8> {
+        let mut slots: Vec<_> = (0..=circuit.layers.len()).map(|_| None).collect();
+        for &(t, values) in live {
+            slots[t] = Some(LweCiphertextList::from_container(
+                vec![0u64; values * lwe_size],
+                LweSize(lwe_size),
+                CiphertextModulus::new_native(),
+            ));
+        }
+        let payload = Checkpoint {
+            input_digest: [0; 32],
+            state: State { next_layer, slots },
+        };
+        container::frame(Kind::Checkpoint, ids(), &bincode::serialize(&payload).unwrap())
+    }
+
+    #[test]
+    fn a_checkpoint_is_resumed_only_if_it_fits_the_circuit_at_its_layer() {
+        let circuit = shipped_circuit();
+        let expected = Expected {
+            ids: ids(),
+            input_digest: [0; 32],
+            circuit: &circuit,
+            lwe_size: 3,
+        };
+        let path = Path::new("out.ct.ckpt");
+        let end = circuit.layers.len();
+        let outputs = circuit.tensor_shape(end).unwrap().len();
+        let judged = |bytes: &[u8]| match resume_from_bytes(path, bytes, &expected) {
+            Resume::From(state) => Ok(state.next_layer),
+            Resume::Fresh(reason) => Err(reason.unwrap()),
+        };
+        assert_eq!(judged(&checkpoint_bytes(&circuit, end, &[(end, outputs)], 3)), Ok(end));
+        for bad in [
+            checkpoint_bytes(&circuit, end, &[(end, outputs + 1)], 3),
+            checkpoint_bytes(&circuit, end, &[(end, outputs)], 4),
+            checkpoint_bytes(&circuit, end, &[(0, circuit.input.shape.len()), (end, outputs)], 3),
+            checkpoint_bytes(&circuit, end, &[], 3),
+            checkpoint_bytes(&circuit, end + 1, &[(end, outputs)], 3),
+        ] {
+            assert!(judged(&bad).unwrap_err().contains("does not match"));
+        }
+        // A ciphertext size of 0 (its count would divide by it) is refused, not a panic.
+        let mut zero_size = checkpoint_bytes(&circuit, end, &[(end, 0)], 3);
+        let lwe_size_at = zero_size.len()
+            - 8
+            - bincode::serialize(&CiphertextModulus::<u64>::new_native())
+                .unwrap()
+                .len();
+        zero_size[lwe_size_at..lwe_size_at + 8].fill(0);
+        let body = zero_size[79..].to_vec();
+        let reframed = container::frame(Kind::Checkpoint, ids(), &body);
+        assert!(judged(&reframed).unwrap_err().contains("does not match"));
+    }
 
     fn ids() -> Ids {
         Ids {

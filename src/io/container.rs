@@ -18,8 +18,6 @@ const MAGIC: &[u8; 4] = b"PKNF";
 /// Version of the container and of every payload it carries.
 pub const FORMAT_VERSION: u16 = 1;
 const HEADER_LEN: usize = 4 + 1 + 2 + 16 + 16 + 8 + 32;
-/// Largest payload read (the biggest file is a server key, well under this).
-const MAX_PAYLOAD: u64 = 8 << 30;
 
 /// What a file holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -43,6 +41,18 @@ impl Kind {
         ]
         .into_iter()
         .find(|k| *k as u8 == b)
+    }
+
+    /// Largest payload of this kind read, refused before the file is read into memory: well
+    /// above the largest legitimate one (server key: about 150 MB with the 2^10 x 4 bootstrap
+    /// key; checkpoint: 16 KB per value of the widest layer).
+    pub fn max_payload(self) -> u64 {
+        match self {
+            Kind::ClientKey => 1 << 20,
+            Kind::ServerKey => 1 << 30,
+            Kind::InputCiphertext | Kind::OutputCiphertext => 64 << 20,
+            Kind::Checkpoint => 4 << 30,
+        }
     }
 
     pub fn describe(self) -> &'static str {
@@ -70,6 +80,17 @@ pub fn hex(id: &[u8]) -> String {
 /// Serialise `payload` and write it atomically to `path`. `private` files get mode 0600.
 pub fn write<T: Serialize>(path: &Path, kind: Kind, ids: Ids, payload: &T, private: bool) -> Result<()> {
     let mut body = bincode::serialize(payload).map_err(|e| Error::format(path, format!("cannot serialise: {e}")))?;
+    let mut bytes = frame(kind, ids, &body);
+    let written = write_atomic(path, &bytes, private);
+    if private {
+        body.zeroize();
+        bytes.zeroize();
+    }
+    written
+}
+
+/// The file bytes for an already serialised payload: header, checksum, then `body`.
+pub fn frame(kind: Kind, ids: Ids, body: &[u8]) -> Vec<u8> {
     let mut bytes = Vec::with_capacity(HEADER_LEN + body.len());
     bytes.extend_from_slice(MAGIC);
     bytes.push(kind as u8);
@@ -77,14 +98,9 @@ pub fn write<T: Serialize>(path: &Path, kind: Kind, ids: Ids, payload: &T, priva
     bytes.extend_from_slice(&ids.key);
     bytes.extend_from_slice(&ids.model);
     bytes.extend_from_slice(&(body.len() as u64).to_le_bytes());
-    bytes.extend_from_slice(&Sha256::digest(&body));
-    bytes.extend_from_slice(&body);
-    let written = write_atomic(path, &bytes, private);
-    if private {
-        body.zeroize();
-        bytes.zeroize();
-    }
-    written
+    bytes.extend_from_slice(&Sha256::digest(body));
+    bytes.extend_from_slice(body);
+    bytes
 }
 
 /// Write `bytes` to a temporary sibling of `path`, sync it, then rename it over `path`.
@@ -116,6 +132,13 @@ pub fn write_atomic(path: &Path, bytes: &[u8], private: bool) -> Result<()> {
 
 /// Read a file of `kind`, check its header and checksum, and deserialise the payload.
 pub fn read<T: DeserializeOwned>(path: &Path, kind: Kind) -> Result<(Ids, T)> {
+    let len = std::fs::metadata(path).map_err(|e| Error::io(path, e))?.len();
+    if len > HEADER_LEN as u64 + kind.max_payload() {
+        return Err(Error::format(
+            path,
+            format!("{len} bytes is too large for {}", kind.describe()),
+        ));
+    }
     let mut bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
     let decoded = decode(path, &bytes, kind);
     if kind == Kind::ClientKey {
@@ -124,17 +147,16 @@ pub fn read<T: DeserializeOwned>(path: &Path, kind: Kind) -> Result<(Ids, T)> {
     decoded
 }
 
-/// Check the header and checksum of a file's bytes and deserialise the payload (`path` names it
-/// in errors).
+/// [`read`] on bytes already in memory; `path` only names the file in errors.
 pub fn decode<T: DeserializeOwned>(path: &Path, bytes: &[u8], kind: Kind) -> Result<(Ids, T)> {
+    use bincode::Options;
     let (ids, body) = parse(path, bytes, kind)?;
     let payload = bincode::DefaultOptions::new()
         .with_fixint_encoding()
         .allow_trailing_bytes()
-        .with_limit(MAX_PAYLOAD)
-        .deserialize(body);
-    use bincode::Options;
-    let payload = payload.map_err(|e| Error::format(path, format!("corrupted payload: {e}")))?;
+        .with_limit(kind.max_payload())
+        .deserialize(body)
+        .map_err(|e| Error::format(path, format!("corrupted payload: {e}")))?;
     Ok((ids, payload))
 }
 
@@ -168,7 +190,7 @@ fn parse<'a>(path: &Path, bytes: &'a [u8], kind: Kind) -> Result<(Ids, &'a [u8])
     ids.model.copy_from_slice(&bytes[23..39]);
     let len = u64::from_le_bytes(bytes[39..47].try_into().expect("8 bytes"));
     let body = &bytes[HEADER_LEN..];
-    if len > MAX_PAYLOAD || body.len() as u64 != len {
+    if len > kind.max_payload() || body.len() as u64 != len {
         return Err(Error::format(
             path,
             format!(

@@ -10,18 +10,25 @@ pub const DEFAULT_DATA_DIR: &str = "/usr/share/datasets/fashion-mnist";
 
 /// Read an IDX file of unsigned bytes: returns the dimensions and the data.
 pub fn read_idx(path: &Path) -> Result<(Vec<usize>, Vec<u8>)> {
+    let raw = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    parse_idx(path, &raw)
+}
+
+/// [`read_idx`] on bytes already in memory; `path` only names the file in errors.
+pub fn parse_idx(path: &Path, raw: &[u8]) -> Result<(Vec<usize>, Vec<u8>)> {
     let err = |message: String| Error::Dataset {
         path: path.to_path_buf(),
         message,
     };
-    let raw = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let inflated;
     let bytes = if raw.starts_with(&[0x1f, 0x8b]) {
         let mut out = Vec::new();
-        flate2::read::GzDecoder::new(&raw[..])
+        flate2::read::GzDecoder::new(raw)
             .take(1 << 30)
             .read_to_end(&mut out)
             .map_err(|e| err(format!("bad gzip: {e}")))?;
-        out
+        inflated = out;
+        &inflated[..]
     } else {
         raw
     };
@@ -49,13 +56,22 @@ pub fn read_idx(path: &Path) -> Result<(Vec<usize>, Vec<u8>)> {
 /// Images of an IDX image file, each flattened.
 pub fn read_images(path: &Path) -> Result<Vec<Vec<u8>>> {
     let (dims, data) = read_idx(path)?;
+    images(path, &dims, &data)
+}
+
+/// Split parsed IDX data into images; `path` only names the file in errors.
+pub fn images(path: &Path, dims: &[usize], data: &[u8]) -> Result<Vec<Vec<u8>>> {
+    let err = |message: String| Error::Dataset {
+        path: path.to_path_buf(),
+        message,
+    };
     if dims.len() != 3 {
-        return Err(Error::Dataset {
-            path: path.to_path_buf(),
-            message: format!("expected images (3 dimensions), found {dims:?}"),
-        });
+        return Err(err(format!("expected images (3 dimensions), found {dims:?}")));
     }
-    Ok(data.chunks(dims[1] * dims[2]).map(<[u8]>::to_vec).collect())
+    let Some(pixels) = dims[1].checked_mul(dims[2]).filter(|&p| p > 0) else {
+        return Err(err(format!("images of {}x{} pixels cannot be split", dims[1], dims[2])));
+    };
+    Ok(data.chunks(pixels).map(<[u8]>::to_vec).collect())
 }
 
 /// Labels of an IDX label file.
@@ -78,5 +94,15 @@ mod tests {
         bytes.pop();
         std::fs::write(&p, &bytes).unwrap();
         assert!(read_images(&p).is_err());
+    }
+
+    #[test]
+    fn images_of_no_pixels_are_refused() {
+        // 5 images of 0x28 pixels: no data, and a split by 0 pixels would panic.
+        let bytes = [0, 0, 8, 3, 0, 0, 0, 5, 0, 0, 0, 0, 0, 0, 0, 28];
+        let path = Path::new("x.idx");
+        let (dims, data) = parse_idx(path, &bytes).unwrap();
+        let err = images(path, &dims, &data).unwrap_err().to_string();
+        assert!(err.contains("images of 0x28 pixels cannot be split"), "{err}");
     }
 }

@@ -9,12 +9,17 @@ use crate::error::{Error, Result};
 const MAX_PIXELS: u64 = 1 << 24;
 
 pub fn load_gray_png(path: &Path, width: usize, height: usize) -> Result<Vec<u8>> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    decode_gray_png(path, &bytes, width, height)
+}
+
+/// [`load_gray_png`] on bytes already in memory; `path` only names the image in errors.
+pub fn decode_gray_png(path: &Path, bytes: &[u8], width: usize, height: usize) -> Result<Vec<u8>> {
     let err = |message: String| Error::Image {
         path: path.to_path_buf(),
         message,
     };
-    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-    let mut decoder = png::Decoder::new(std::io::BufReader::new(file));
+    let mut decoder = png::Decoder::new(bytes);
     decoder.set_transformations(png::Transformations::EXPAND | png::Transformations::STRIP_16);
     let mut reader = decoder.read_info().map_err(|e| err(format!("not a valid PNG: {e}")))?;
     let info = reader.info();
@@ -89,6 +94,51 @@ mod tests {
         }
         std::fs::write(&p, bytes).unwrap();
         assert_eq!(load_gray_png(&p, 2, 1).unwrap(), vec![255, 76]);
+    }
+
+    fn chunk(kind: &[u8; 4], data: &[u8]) -> Vec<u8> {
+        let mut crc = flate2::Crc::new();
+        crc.update(kind);
+        crc.update(data);
+        let mut out = (data.len() as u32).to_be_bytes().to_vec();
+        out.extend_from_slice(kind);
+        out.extend_from_slice(data);
+        out.extend_from_slice(&crc.sum().to_be_bytes());
+        out
+    }
+
+    /// An 8-bit grayscale PNG claiming `w` x `h` pixels whose IDAT inflates to `raw`.
+    fn crafted_png(w: u32, h: u32, raw: &[u8]) -> Vec<u8> {
+        use std::io::Write;
+        let mut ihdr = w.to_be_bytes().to_vec();
+        ihdr.extend_from_slice(&h.to_be_bytes());
+        ihdr.extend_from_slice(&[8, 0, 0, 0, 0]);
+        let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::best());
+        z.write_all(raw).unwrap();
+        let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
+        png.extend(chunk(b"IHDR", &ihdr));
+        png.extend(chunk(b"IDAT", &z.finish().unwrap()));
+        png.extend(chunk(b"IEND", &[]));
+        png
+    }
+
+    #[test]
+    fn huge_dimensions_are_refused_from_the_header() {
+        let png = crafted_png(100_000, 100_000, &[0; 16]);
+        let err = decode_gray_png(Path::new("bomb.png"), &png, 28, 28)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("100000x100000 is too large"), "{err}");
+    }
+
+    #[test]
+    fn an_idat_inflating_far_beyond_the_image_is_cut_at_the_image() {
+        // 28x28 claimed, 64 MiB of zeros behind it (a 64 KB file): the output buffer is sized
+        // from the checked header, so the surplus is never held in memory.
+        let png = crafted_png(28, 28, &vec![0; 64 << 20]);
+        assert!(png.len() < 1 << 17);
+        let pixels = decode_gray_png(Path::new("bomb.png"), &png, 28, 28).unwrap();
+        assert_eq!(pixels, vec![0; 28 * 28]);
     }
 
     #[test]

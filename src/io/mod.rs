@@ -4,4 +4,5 @@ pub mod checkpoint;
 pub mod container;
 pub mod idx;
 pub mod image;
+pub mod payload;
 pub mod resolve;

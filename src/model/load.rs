@@ -132,9 +132,11 @@ impl TensorReader<'_> {
                 stride,
                 padding,
             } => {
-                if *kernel == 0 || *stride == 0 {
+                // Zero channels would let an empty weight tensor stand for any output count,
+                // and padding of a kernel or more only adds outputs that see no input.
+                if [*in_channels, *out_channels, *kernel, *stride].contains(&0) || padding >= kernel {
                     return Err(Error::Model(format!(
-                        "layer {name}: kernel and stride must be positive"
+                        "layer {name}: channels, kernel and stride must be positive and padding smaller than the kernel"
                     )));
                 }
                 Node::Conv2d {
@@ -155,13 +157,18 @@ impl TensorReader<'_> {
                 name,
                 in_features,
                 out_features,
-            } => Node::Dense {
-                name: name.clone(),
-                in_features: *in_features,
-                out_features: *out_features,
-                weight: self.get(&format!("{name}.weight"), &[*out_features, *in_features])?,
-                bias: self.bias(name, *out_features)?,
-            },
+            } => {
+                if *in_features == 0 || *out_features == 0 {
+                    return Err(Error::Model(format!("layer {name}: features must be positive")));
+                }
+                Node::Dense {
+                    name: name.clone(),
+                    in_features: *in_features,
+                    out_features: *out_features,
+                    weight: self.get(&format!("{name}.weight"), &[*out_features, *in_features])?,
+                    bias: self.bias(name, *out_features)?,
+                }
+            }
             LayerSpec::Pkn { name } => Node::Pkn {
                 name: name.clone(),
                 cp: self.get(&format!("{name}.cp"), &[])?[0],
@@ -283,6 +290,32 @@ mod tests {
         let arch = ARCH.replace("\"dense\"", "\"relu\"");
         let err = parse_model(&model_bytes(&arch, &[])).unwrap_err();
         assert!(err.to_string().contains("relu"), "{err}");
+    }
+
+    #[test]
+    fn empty_layers_are_refused_before_their_bias_is_allocated() {
+        // A [2^40, 0] weight holds no data; its zero bias would be 8 TB.
+        let arch = ARCH.replace(
+            r#""in_features":16,"out_features":2"#,
+            r#""in_features":0,"out_features":1099511627776"#,
+        );
+        let err = parse_model(&model_bytes(&arch, &[("fc.weight", vec![1 << 40, 0])])).unwrap_err();
+        assert!(err.to_string().contains("features must be positive"), "{err}");
+    }
+
+    #[test]
+    fn conv_padding_must_be_smaller_than_the_kernel() {
+        let conv = |padding: usize| {
+            format!(
+                r#"{{"name":"t","input":[1,4,4],"classes":["a"],
+                "quantization":{{"input_bits":4,"weight_bits":4,"activation_bits":4}},
+                "layers":[{{"op":"conv2d","name":"c","in_channels":1,"out_channels":1,"kernel":3,"padding":{padding}}}]}}"#
+            )
+        };
+        let tensors = [("c.weight", vec![1, 1, 3, 3])];
+        assert!(parse_model(&model_bytes(&conv(2), &tensors)).is_ok());
+        let err = parse_model(&model_bytes(&conv(1_000_000_000), &tensors)).unwrap_err();
+        assert!(err.to_string().contains("padding smaller than the kernel"), "{err}");
     }
 
     #[test]
