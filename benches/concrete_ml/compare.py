@@ -26,6 +26,9 @@ import torch.nn as nn
 
 import brevitas.nn as qnn
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "train"))
+from pknq import PKN  # noqa: E402  the same activation module our training uses
+
 DATA_DIRS = ["/usr/share/datasets/fashion-mnist", "/usr/share/fashion-mnist"]
 
 
@@ -50,17 +53,6 @@ def load_split(prefix):
 def to_float(pixels_u8):
     """Pixels to [-1, 1], so the input quantizer's signed 4-bit range covers them."""
     return torch.from_numpy(pixels_u8.astype(np.float32) / 127.5 - 1.0).unsqueeze(1)
-
-
-class PKN(nn.Module):
-    """PolyKervNet activation (cp + z)^2 with one learnable scalar cp per layer (as train/pknq.py)."""
-
-    def __init__(self):
-        super().__init__()
-        self.cp = nn.Parameter(torch.tensor(1.0))
-
-    def forward(self, z):
-        return (self.cp + z) ** 2
 
 
 def qid(bits):

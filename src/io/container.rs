@@ -5,7 +5,7 @@
 //! Files are written to a temporary file in the same directory and renamed into place, so an
 //! existing file is never replaced by a partial one.
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::Path;
 
 use serde::{de::DeserializeOwned, Serialize};
@@ -134,6 +134,12 @@ pub fn write_atomic(path: &Path, bytes: &[u8], private: bool) -> Result<()> {
 pub fn read<T: DeserializeOwned>(path: &Path, kind: Kind) -> Result<(Ids, T)> {
     let len = std::fs::metadata(path).map_err(|e| Error::io(path, e))?.len();
     if len > HEADER_LEN as u64 + kind.max_payload() {
+        // Another kind of pkn file given by mistake is the likelier cause: name it first.
+        let mut head = [0u8; 5];
+        let read_head = std::fs::File::open(path).and_then(|mut f| f.read_exact(&mut head));
+        if read_head.is_ok() {
+            check_kind(path, &head, kind)?;
+        }
         return Err(Error::format(
             path,
             format!("{len} bytes is too large for {}", kind.describe()),
@@ -160,14 +166,15 @@ pub fn decode<T: DeserializeOwned>(path: &Path, bytes: &[u8], kind: Kind) -> Res
     Ok((ids, payload))
 }
 
-fn parse<'a>(path: &Path, bytes: &'a [u8], kind: Kind) -> Result<(Ids, &'a [u8])> {
-    if bytes.len() < HEADER_LEN || &bytes[..4] != MAGIC {
+/// The magic and kind bytes: a pkn file of `kind`, or an error naming what it is.
+fn check_kind(path: &Path, head: &[u8], kind: Kind) -> Result<()> {
+    if head.len() < 5 || &head[..4] != MAGIC {
         return Err(Error::format(
             path,
             format!("not a pkn file (expected {})", kind.describe()),
         ));
     }
-    let found = Kind::from_byte(bytes[4]);
+    let found = Kind::from_byte(head[4]);
     if found != Some(kind) {
         let what = found.map_or("an unknown kind of pkn file", Kind::describe);
         return Err(Error::format(
@@ -175,6 +182,17 @@ fn parse<'a>(path: &Path, bytes: &'a [u8], kind: Kind) -> Result<(Ids, &'a [u8])
             format!("this is {what}, expected {}", kind.describe()),
         ));
     }
+    Ok(())
+}
+
+fn parse<'a>(path: &Path, bytes: &'a [u8], kind: Kind) -> Result<(Ids, &'a [u8])> {
+    if bytes.len() < HEADER_LEN {
+        return Err(Error::format(
+            path,
+            format!("not a pkn file (expected {})", kind.describe()),
+        ));
+    }
+    check_kind(path, bytes, kind)?;
     let version = u16::from_le_bytes([bytes[5], bytes[6]]);
     if version > FORMAT_VERSION {
         return Err(Error::format(
