@@ -19,6 +19,8 @@ pub enum Error {
     Image { path: PathBuf, message: String },
     #[error("dataset {path}: {message}")]
     Dataset { path: PathBuf, message: String },
+    #[error("GPU: {0}")]
+    Gpu(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -2,3 +2,5 @@
 
 pub mod clear;
 pub mod fhe;
+#[cfg(feature = "gpu")]
+pub mod gpu;
