@@ -2,10 +2,15 @@
 BIN := target/release/pkn
 SAMPLE := samples/test-1-pullover.png
 
-.PHONY: build demo test bench lint clean
+.PHONY: build gpu demo test bench lint clean
 
 build:
 	cargo build --release
+
+# pkn with the bootstraps on an NVIDIA GPU (`pkn infer --gpu`), built without one: CUDA 13.0 from
+# PyPI wheels in target/cuda-venv, binary and libcudart.so.13 in target/gpu/release/ (docs/gpu.md).
+gpu:
+	bash scripts/build-gpu.sh
 
 # Real encrypted inference on the bundled sample with the default model (tiny-pkn), in demo/,
 # then the clear integer reference on the same image, which the decrypted result must equal.

@@ -23,6 +23,8 @@ pub enum Error {
     /// would index or allocate by its hostile sizes.
     #[error("malformed {what}: {message}")]
     Malformed { what: &'static str, message: String },
+    #[error("GPU: {0}")]
+    Gpu(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

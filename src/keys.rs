@@ -53,6 +53,16 @@ pub struct EvaluationKey {
     pub keyswitch_key: LweKeyswitchKeyOwned<u64>,
 }
 
+/// The evaluation key decompressed, bootstrap keys still in the standard domain: what the GPU
+/// backend uploads (it converts them to its own Fourier layout on the device).
+pub struct StandardEvaluationKey {
+    pub params: FheParams,
+    pub key_id: KeyId,
+    pub bootstrap_key: LweBootstrapKeyOwned<u64>,
+    pub cheap_bootstrap_key: LweBootstrapKeyOwned<u64>,
+    pub keyswitch_key: LweKeyswitchKeyOwned<u64>,
+}
+
 impl EvaluationKey {
     pub fn bootstrap_key(&self, which: Bootstrap) -> &FourierLweBootstrapKeyOwned {
         match which {
@@ -267,14 +277,26 @@ impl ServerKey {
         check_seeded("server key", ksk.ciphertext_modulus(), ksk.compression_seed())
     }
 
-    /// Decompress and convert to the Fourier domain, once per run.
-    pub fn expand(self) -> EvaluationKey {
-        EvaluationKey {
+    /// Regenerate the masks from their seeds, once per run.
+    pub fn decompress(self) -> StandardEvaluationKey {
+        StandardEvaluationKey {
             params: self.params,
             key_id: self.key_id,
-            bootstrap_key: to_fourier(self.bootstrap_key),
-            cheap_bootstrap_key: to_fourier(self.cheap_bootstrap_key),
+            bootstrap_key: self.bootstrap_key.par_decompress_into_lwe_bootstrap_key(),
+            cheap_bootstrap_key: self.cheap_bootstrap_key.par_decompress_into_lwe_bootstrap_key(),
             keyswitch_key: self.keyswitch_key.par_decompress_into_lwe_keyswitch_key(),
+        }
+    }
+
+    /// Decompress and convert to the Fourier domain, once per run.
+    pub fn expand(self) -> EvaluationKey {
+        let standard = self.decompress();
+        EvaluationKey {
+            params: standard.params,
+            key_id: standard.key_id,
+            bootstrap_key: to_fourier(&standard.bootstrap_key),
+            cheap_bootstrap_key: to_fourier(&standard.cheap_bootstrap_key),
+            keyswitch_key: standard.keyswitch_key,
         }
     }
 }
@@ -311,8 +333,7 @@ pub fn check_seeded(what: &'static str, modulus: CiphertextModulus<u64>, seed: C
     Ok(())
 }
 
-fn to_fourier(seeded: SeededLweBootstrapKeyOwned<u64>) -> FourierLweBootstrapKeyOwned {
-    let standard = seeded.par_decompress_into_lwe_bootstrap_key();
+fn to_fourier(standard: &LweBootstrapKeyOwned<u64>) -> FourierLweBootstrapKeyOwned {
     let mut fourier = FourierLweBootstrapKeyOwned::new(
         standard.input_lwe_dimension(),
         standard.glwe_size(),
@@ -320,7 +341,7 @@ fn to_fourier(seeded: SeededLweBootstrapKeyOwned<u64>) -> FourierLweBootstrapKey
         standard.decomposition_base_log(),
         standard.decomposition_level_count(),
     );
-    par_convert_standard_lwe_bootstrap_key_to_fourier(&standard, &mut fourier);
+    par_convert_standard_lwe_bootstrap_key_to_fourier(standard, &mut fourier);
     fourier
 }
 

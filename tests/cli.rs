@@ -132,6 +132,18 @@ fn a_killed_inference_resumes_and_gives_the_same_output() {
     );
 }
 
+/// A build without the `gpu` feature refuses `--gpu` at once, pointing at the GPU build.
+#[cfg(not(feature = "gpu"))]
+#[test]
+fn infer_gpu_without_gpu_support_says_how_to_get_it() {
+    let dir = tempfile::tempdir().unwrap();
+    fails(
+        dir.path(),
+        &["infer", "--gpu"],
+        "this pkn was built without GPU support; rebuild with `make gpu`",
+    );
+}
+
 #[test]
 fn bad_inputs_give_one_clear_error_and_keep_existing_files() {
     let dir = tempfile::tempdir().unwrap();

@@ -27,9 +27,41 @@ pub struct Args {
     /// Run the integer reference on this plaintext PNG instead (no keys, no encryption).
     #[arg(long, value_name = "IMAGE")]
     pub clear: Option<PathBuf>,
+    /// Run the bootstraps on an NVIDIA GPU (a build with `make gpu`).
+    #[arg(long, conflicts_with = "clear")]
+    pub gpu: bool,
+}
+
+/// Refuse `--gpu` before any work when this build or this machine cannot honour it.
+#[cfg(feature = "gpu")]
+fn check_gpu() -> anyhow::Result<()> {
+    crate::eval::gpu::check_gpu()?;
+    Ok(())
+}
+
+#[cfg(not(feature = "gpu"))]
+const NO_GPU_SUPPORT: &str = "this pkn was built without GPU support; rebuild with `make gpu`";
+
+#[cfg(not(feature = "gpu"))]
+fn check_gpu() -> anyhow::Result<()> {
+    anyhow::bail!(NO_GPU_SUPPORT)
+}
+
+/// The GPU engine with the key on the device.
+#[cfg(feature = "gpu")]
+fn gpu_engine(server_key: ServerKey) -> anyhow::Result<Box<dyn fhe::Bootstrapper>> {
+    Ok(Box::new(crate::eval::gpu::GpuEngine::new(&server_key.decompress())?))
+}
+
+#[cfg(not(feature = "gpu"))]
+fn gpu_engine(_: ServerKey) -> anyhow::Result<Box<dyn fhe::Bootstrapper>> {
+    anyhow::bail!(NO_GPU_SUPPORT)
 }
 
 pub fn run(a: Args) -> anyhow::Result<()> {
+    if a.gpu {
+        check_gpu()?;
+    }
     let circuit = a.model.circuit()?;
     if let Some(image) = &a.clear {
         let s = circuit.input.shape;
@@ -92,7 +124,13 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         }
     };
     let start = Instant::now();
-    let key = server_key.expand();
+    let cpu_key;
+    let engine: Box<dyn fhe::Bootstrapper + '_> = if a.gpu {
+        gpu_engine(server_key)?
+    } else {
+        cpu_key = server_key.expand();
+        Box::new(fhe::Engine::new(&cpu_key))
+    };
     let key_time = start.elapsed();
     let (pbs, trunc) = circuit.pbs_counts();
     let done = fhe::bootstraps_done(&circuit, &state);
@@ -115,8 +153,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     bar.reset_eta();
     bar.set_message(format!("inferring {}", circuit.name));
     let run_start = Instant::now();
-    let engine = fhe::Engine::new(&key);
-    let outputs = fhe::resume(&circuit, &engine, state, Some(&bar), |s| checkpoints.save(s))?;
+    let outputs = fhe::resume(&circuit, engine.as_ref(), state, Some(&bar), |s| checkpoints.save(s))?;
     bar.finish_and_clear();
     let secs = run_start.elapsed().as_secs_f64();
     let run_pbs = pbs - done;

@@ -14,7 +14,7 @@ use tfhe::core_crypto::prelude::*;
 use super::Tensors;
 use crate::circuit::{Circuit, Layer, Linear, Requant, TruncStep};
 use crate::keys::{delta, encode, EvaluationKey};
-use crate::params::Bootstrap;
+use crate::params::{Bootstrap, FheParams};
 
 pub type Ciphertexts = LweCiphertextListOwned<u64>;
 
@@ -27,10 +27,18 @@ pub struct Scratch {
     buffers: ComputationBuffers,
 }
 
-/// The accumulators one truncation step needs (built once per layer and step).
+/// The accumulators one truncation step needs (built once per layer and step), and the plaintext
+/// work around its bootstraps; the CPU [`Engine`] and the GPU engine both run steps through these.
 pub struct StepLuts {
     sign: GlweCiphertextOwned<u64>,
     digit: Option<GlweCiphertextOwned<u64>>,
+}
+
+/// A requant layer's accumulators, built once per layer: each truncation step's, with the bits
+/// held before it, and each output channel's table.
+pub struct LayerLuts {
+    pub steps: Vec<(TruncStep, u32, StepLuts)>,
+    pub tables: Vec<GlweCiphertextOwned<u64>>,
 }
 
 /// The evaluation key with its FFT plan: what every bootstrap needs.
@@ -82,19 +90,6 @@ impl<'k> Engine<'k> {
         }
     }
 
-    /// A lookup accumulator: coefficient j of the rotated table answers the phases around
-    /// j / 2N; `value(t)` is the already encoded output for table index t in [0, 2^(bits + 1)).
-    pub fn accumulator(&self, bits: u32, value: impl Fn(usize) -> u64) -> GlweCiphertextOwned<u64> {
-        let p = self.key.params;
-        let n = p.polynomial_size;
-        let box_size = n >> bits;
-        let mut acc = GlweCiphertext::new(0, GlweSize(p.glwe_dimension + 1), PolynomialSize(n), native());
-        for (j, coef) in acc.get_mut_body().as_mut().iter_mut().enumerate() {
-            *coef = value((j + box_size / 2) / box_size);
-        }
-        acc
-    }
-
     /// Keyswitch `scratch.shifted`, centred modulus switch, blind rotation of `lut` with key
     /// `which`, and sample extraction into `scratch.extracted`.
     fn bootstrap_shifted(&self, scratch: &mut Scratch, lut: &GlweCiphertextOwned<u64>, which: Bootstrap) {
@@ -115,20 +110,83 @@ impl<'k> Engine<'k> {
 
     /// Accumulators for a step removing `bits` low bits while `held` bits are held.
     pub fn step_luts(&self, held: u32, bits: u32) -> StepLuts {
+        StepLuts::new(&self.key.params, held, bits)
+    }
+
+    /// One exact truncation step: `ct` holds m with `held` bits (Delta = 2^(63 - held)); afterwards
+    /// it holds m >> step.bits with `held - step.bits` bits. `luts` is [`Engine::step_luts`].
+    pub fn truncation_step(&self, scratch: &mut Scratch, ct: &mut [u64], held: u32, step: TruncStep, luts: &StepLuts) {
+        luts.first_input(ct, scratch.shifted.as_mut(), held, step);
+        let (lut, which) = luts.first(step);
+        self.bootstrap_shifted(scratch, lut, which);
+        let Scratch { shifted, extracted, .. } = &mut *scratch;
+        luts.after_first(ct, shifted.as_mut(), extracted.as_ref(), held, step);
+        if let Some((lut, which)) = luts.second(step) {
+            self.bootstrap_shifted(scratch, lut, which);
+            subtract(ct, scratch.extracted.as_ref());
+        }
+    }
+
+    /// Final lookup of a requant: table `table`, output encoded with `output_bits`.
+    pub fn table_accumulator(&self, table: &[i64], output_bits: u32) -> GlweCiphertextOwned<u64> {
+        table_accumulator(&self.key.params, table, output_bits)
+    }
+
+    /// Bootstrap a ciphertext holding W bits through `lut` (precise key) into `out`.
+    pub fn lookup(&self, scratch: &mut Scratch, ct: &[u64], lut: &GlweCiphertextOwned<u64>, out: &mut [u64]) {
+        scratch.shifted.as_mut().copy_from_slice(ct);
+        self.bootstrap_shifted(scratch, lut, Bootstrap::Precise);
+        out.copy_from_slice(scratch.extracted.as_ref());
+    }
+}
+
+/// A lookup accumulator: coefficient j of the rotated table answers the phases around
+/// j / 2N; `value(t)` is the already encoded output for table index t in [0, 2^(bits + 1)).
+pub fn accumulator(params: &FheParams, bits: u32, value: impl Fn(usize) -> u64) -> GlweCiphertextOwned<u64> {
+    let n = params.polynomial_size;
+    let box_size = n >> bits;
+    let mut acc = GlweCiphertext::new(0, GlweSize(params.glwe_dimension + 1), PolynomialSize(n), native());
+    for (j, coef) in acc.get_mut_body().as_mut().iter_mut().enumerate() {
+        *coef = value((j + box_size / 2) / box_size);
+    }
+    acc
+}
+
+/// Final lookup of a requant: table `table`, output encoded with `output_bits`.
+pub fn table_accumulator(params: &FheParams, table: &[i64], output_bits: u32) -> GlweCiphertextOwned<u64> {
+    let lut_bits = table.len().trailing_zeros();
+    accumulator(params, lut_bits, |t| {
+        encode(
+            crate::eval::clear::table_output(table, t % (2 * table.len())),
+            output_bits,
+        )
+    })
+}
+
+/// `ct -= out`, coefficient-wise: removes a bootstrap's output from the accumulator.
+pub fn subtract(ct: &mut [u64], out: &[u64]) {
+    for (c, o) in ct.iter_mut().zip(out) {
+        *c = c.wrapping_sub(*o);
+    }
+}
+
+impl StepLuts {
+    /// Accumulators for a step removing `bits` low bits while `held` bits are held.
+    pub fn new(params: &FheParams, held: u32, bits: u32) -> StepLuts {
         if bits == 1 {
             // Constant -Delta_held / 2 (negated on the upper half of the torus).
             let half = (delta(held) / 2).wrapping_neg();
             return StepLuts {
-                sign: self.accumulator(0, |_| half),
+                sign: accumulator(params, 0, |_| half),
                 digit: None,
             };
         }
         let digits = 1usize << bits;
         StepLuts {
             // Constant -1/4: returns -1/4 or +1/4 for the bit above the digit 0 or 1.
-            sign: self.accumulator(0, |_| (1u64 << 62).wrapping_neg()),
+            sign: accumulator(params, 0, |_| (1u64 << 62).wrapping_neg()),
             // The digit d times Delta_held; index 2^bits (the negacyclic boundary) is unreachable.
-            digit: Some(self.accumulator(bits, |t| {
+            digit: Some(accumulator(params, bits, |t| {
                 if t < digits {
                     (t as u64).wrapping_mul(delta(held))
                 } else {
@@ -138,66 +196,73 @@ impl<'k> Engine<'k> {
         }
     }
 
-    /// One exact truncation step: `ct` holds m with `held` bits (Delta = 2^(63 - held)); afterwards
-    /// it holds m >> step.bits with `held - step.bits` bits. `luts` is [`Engine::step_luts`].
-    pub fn truncation_step(&self, scratch: &mut Scratch, ct: &mut [u64], held: u32, step: TruncStep, luts: &StepLuts) {
-        let body_index = ct.len() - 1;
-        match &luts.digit {
-            None => {
-                // Move the lowest bit to the top and centre it: phase 1/4 for bit 0, 3/4 for bit 1.
-                for (d, s) in scratch.shifted.as_mut().iter_mut().zip(ct.iter()) {
-                    *d = s << held;
-                }
-                let body = &mut scratch.shifted.as_mut()[body_index];
-                *body = body.wrapping_add(1 << 62);
-                self.bootstrap_shifted(scratch, &luts.sign, key_of(step));
-                // The bootstrap returned -/+ Delta/2 for bit 0/1; subtract bit * Delta.
-                for (c, b) in ct.iter_mut().zip(scratch.extracted.as_ref()) {
-                    *c = c.wrapping_sub(*b);
-                }
-                ct[body_index] = ct[body_index].wrapping_sub(delta(held) / 2);
-            }
-            Some(digit) => {
-                // The digit and the bit above it at the top of the torus, centred in their slots.
-                let shift = held - step.bits;
-                let half_slot = 1u64 << (62 - step.bits);
-                for (d, s) in scratch.shifted.as_mut().iter_mut().zip(ct.iter()) {
-                    *d = s << shift;
-                }
-                let body = &mut scratch.shifted.as_mut()[body_index];
-                *body = body.wrapping_add(half_slot);
-                self.bootstrap_shifted(scratch, &luts.sign, Bootstrap::Cheap);
-                // Clear the bit above the digit (returned as -/+ 1/4) and the centring.
-                let Scratch { shifted, extracted, .. } = &mut *scratch;
-                for (d, e) in shifted.as_mut().iter_mut().zip(extracted.as_ref()) {
-                    *d = d.wrapping_sub(*e);
-                }
-                let body = &mut shifted.as_mut()[body_index];
-                *body = body.wrapping_sub((1u64 << 62).wrapping_add(half_slot));
-                self.bootstrap_shifted(scratch, digit, key_of(step));
-                for (c, b) in ct.iter_mut().zip(scratch.extracted.as_ref()) {
-                    *c = c.wrapping_sub(*b);
-                }
-            }
+    /// The step's first bootstrap: the sign table, with the step's key for a single bit (its
+    /// output stays in the accumulator), the cheap key before a digit.
+    pub fn first(&self, step: TruncStep) -> (&GlweCiphertextOwned<u64>, Bootstrap) {
+        match self.digit {
+            None => (&self.sign, key_of(step)),
+            Some(_) => (&self.sign, Bootstrap::Cheap),
         }
     }
 
-    /// Final lookup of a requant: table `table`, output encoded with `output_bits`.
-    pub fn table_accumulator(&self, table: &[i64], output_bits: u32) -> GlweCiphertextOwned<u64> {
-        let lut_bits = table.len().trailing_zeros();
-        self.accumulator(lut_bits, |t| {
-            encode(
-                crate::eval::clear::table_output(table, t % (2 * table.len())),
-                output_bits,
-            )
-        })
+    /// The step's second bootstrap, for a digit: its table, with the step's key.
+    pub fn second(&self, step: TruncStep) -> Option<(&GlweCiphertextOwned<u64>, Bootstrap)> {
+        self.digit.as_ref().map(|digit| (digit, key_of(step)))
     }
 
-    /// Bootstrap a ciphertext holding W bits through `lut` (precise key) into `out`.
-    pub fn lookup(&self, scratch: &mut Scratch, ct: &[u64], lut: &GlweCiphertextOwned<u64>, out: &mut [u64]) {
-        scratch.shifted.as_mut().copy_from_slice(ct);
-        self.bootstrap_shifted(scratch, lut, Bootstrap::Precise);
-        out.copy_from_slice(scratch.extracted.as_ref());
+    /// Writes into `input` what the first bootstrap reads from accumulator `ct` (`held` bits).
+    pub fn first_input(&self, ct: &[u64], input: &mut [u64], held: u32, step: TruncStep) {
+        // A single bit: moved to the top and centred, phase 1/4 for bit 0, 3/4 for bit 1. A digit:
+        // it and the bit above it at the top of the torus, centred in their slots.
+        let (shift, centre) = match self.digit {
+            None => (held, 1u64 << 62),
+            Some(_) => (held - step.bits, 1u64 << (62 - step.bits)),
+        };
+        for (d, s) in input.iter_mut().zip(ct) {
+            *d = s << shift;
+        }
+        let body = input.len() - 1;
+        input[body] = input[body].wrapping_add(centre);
+    }
+
+    /// After the first bootstrap returned `out`: a single bit is removed from `ct`, which ends the
+    /// step; before a digit, `input` becomes what the second bootstrap reads.
+    pub fn after_first(&self, ct: &mut [u64], input: &mut [u64], out: &[u64], held: u32, step: TruncStep) {
+        match self.digit {
+            None => {
+                // The bootstrap returned -/+ Delta/2 for bit 0/1; subtract bit * Delta.
+                subtract(ct, out);
+                let body = ct.len() - 1;
+                ct[body] = ct[body].wrapping_sub(delta(held) / 2);
+            }
+            Some(_) => {
+                // Clear the bit above the digit (returned as -/+ 1/4) and the centring.
+                subtract(input, out);
+                let body = input.len() - 1;
+                input[body] = input[body].wrapping_sub((1u64 << 62).wrapping_add(1u64 << (62 - step.bits)));
+            }
+        }
+    }
+}
+
+impl LayerLuts {
+    pub fn new(params: &FheParams, layer: &Requant) -> LayerLuts {
+        let mut held = layer.acc_bits;
+        let steps = layer
+            .steps
+            .iter()
+            .map(|&step| {
+                let before = held;
+                held -= step.bits;
+                (step, before, StepLuts::new(params, before, step.bits))
+            })
+            .collect();
+        let tables = layer
+            .tables
+            .iter()
+            .map(|t| table_accumulator(params, t, layer.output_encoding_bits))
+            .collect();
+        LayerLuts { steps, tables }
     }
 }
 
@@ -209,21 +274,7 @@ pub trait Bootstrapper {
 impl Bootstrapper for Engine<'_> {
     fn requant(&self, layer: &Requant, input: Ciphertexts, progress: Option<&ProgressBar>) -> Ciphertexts {
         let size = input.lwe_size().0;
-        let mut held = layer.acc_bits;
-        let step_luts: Vec<_> = layer
-            .steps
-            .iter()
-            .map(|st| {
-                let luts = self.step_luts(held, st.bits);
-                held -= st.bits;
-                luts
-            })
-            .collect();
-        let tables: Vec<_> = layer
-            .tables
-            .iter()
-            .map(|t| self.table_accumulator(t, layer.output_encoding_bits))
-            .collect();
+        let luts = LayerLuts::new(&self.key.params, layer);
         let per_channel = layer.shape.per_channel();
         let mut acc = input.into_container();
         let mut out = vec![0u64; acc.len()];
@@ -233,12 +284,10 @@ impl Bootstrapper for Engine<'_> {
             .for_each_init(
                 || self.scratch(),
                 |scratch, (i, (ct, dst))| {
-                    let mut held = layer.acc_bits;
-                    for (step, luts) in layer.steps.iter().zip(&step_luts) {
-                        self.truncation_step(scratch, ct, held, *step, luts);
-                        held -= step.bits;
+                    for (step, held, step_luts) in &luts.steps {
+                        self.truncation_step(scratch, ct, *held, *step, step_luts);
                     }
-                    self.lookup(scratch, ct, &tables[i / per_channel], dst);
+                    self.lookup(scratch, ct, &luts.tables[i / per_channel], dst);
                     if let Some(bar) = progress {
                         bar.inc(layer.pbs_per_activation());
                     }
@@ -332,9 +381,18 @@ pub fn bootstraps_done(circuit: &Circuit, state: &State) -> u64 {
 
 /// Run the whole circuit on encrypted inputs on the CPU; returns the encrypted outputs.
 pub fn run(circuit: &Circuit, key: &EvaluationKey, input: Ciphertexts, progress: Option<&ProgressBar>) -> Ciphertexts {
-    let engine = Engine::new(key);
+    run_on(circuit, &Engine::new(key), input, progress)
+}
+
+/// Run the whole circuit on encrypted inputs with `engine`'s bootstraps, without checkpoints.
+pub fn run_on(
+    circuit: &Circuit,
+    engine: &dyn Bootstrapper,
+    input: Ciphertexts,
+    progress: Option<&ProgressBar>,
+) -> Ciphertexts {
     let done: Result<_, std::convert::Infallible> =
-        resume(circuit, &engine, State::start(circuit, input), progress, |_| Ok(()));
+        resume(circuit, engine, State::start(circuit, input), progress, |_| Ok(()));
     match done {
         Ok(out) => out,
         Err(never) => match never {},

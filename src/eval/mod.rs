@@ -59,3 +59,5 @@ impl<T: Clone> Tensors<T> {
         self.slots.pop().flatten().expect("the circuit ran to its end")
     }
 }
+#[cfg(feature = "gpu")]
+pub mod gpu;
