@@ -167,32 +167,29 @@ impl Bootstrapper for GpuEngine {
         let first_table = self.upload_indexes(std::iter::repeat_n(0, count));
         let per_channel = layer.shape.per_channel();
         let channel = self.upload_indexes((0..count).map(|i| i / per_channel));
-        let mut acc = input.into_container();
-        let mut inputs = vec![0u64; acc.len()];
-        for (step, held, step_luts) in &luts.steps {
-            acc.par_chunks(size)
-                .zip(inputs.par_chunks_mut(size))
-                .for_each(|(ct, input)| step_luts.first_input(ct, input, *held, *step));
-            let (lut, which) = step_luts.first(*step);
+        // A round in which every ciphertext reads the same table.
+        let single_table = |inputs: &[u64], (lut, which): (&GlweCiphertextOwned<u64>, Bootstrap)| {
             let lut = self.upload_luts([lut]);
             let round = Round {
                 luts: &lut,
                 lut_indexes: &first_table,
                 which,
             };
-            let out = self.bootstrap(&inputs, &round, &indexes, progress);
+            self.bootstrap(inputs, &round, &indexes, progress)
+        };
+        let mut acc = input.into_container();
+        let mut inputs = vec![0u64; acc.len()];
+        for (step, held, step_luts) in &luts.steps {
+            acc.par_chunks(size)
+                .zip(inputs.par_chunks_mut(size))
+                .for_each(|(ct, input)| step_luts.first_input(ct, input, *held, *step));
+            let out = single_table(&inputs, step_luts.first(*step));
             acc.par_chunks_mut(size)
                 .zip(inputs.par_chunks_mut(size))
                 .zip(out.par_chunks(size))
                 .for_each(|((ct, input), out)| step_luts.after_first(ct, input, out, *held, *step));
-            if let Some((lut, which)) = step_luts.second(*step) {
-                let lut = self.upload_luts([lut]);
-                let round = Round {
-                    luts: &lut,
-                    lut_indexes: &first_table,
-                    which,
-                };
-                let out = self.bootstrap(&inputs, &round, &indexes, progress);
+            if let Some(second) = step_luts.second(*step) {
+                let out = single_table(&inputs, second);
                 acc.par_chunks_mut(size)
                     .zip(out.par_chunks(size))
                     .for_each(|(ct, out)| subtract(ct, out));
