@@ -17,11 +17,12 @@ use crate::circuit::Circuit;
 use crate::error::{Error, Result};
 use crate::eval::fhe::State;
 
-/// Payload of a checkpoint file.
+/// Payload of a checkpoint file: read as an owned [`State`], written from a borrowed one (the
+/// same bytes), so saving never copies the live ciphertexts.
 #[derive(Serialize, Deserialize)]
-struct Checkpoint {
+struct Checkpoint<S> {
     input_digest: [u8; 32],
-    state: State,
+    state: S,
 }
 
 /// The checkpoint of one output file, with its lock held.
@@ -90,7 +91,7 @@ pub fn resume_from_bytes(path: &Path, bytes: &[u8], expected: &Expected) -> Resu
 
 /// Whether a decoded checkpoint belongs to this computation and fits its circuit at the layer it
 /// names; sizes are compared before anything is computed from them.
-fn judge(path: &Path, read: Result<(Ids, Checkpoint)>, expected: &Expected) -> Resume {
+fn judge(path: &Path, read: Result<(Ids, Checkpoint<State>)>, expected: &Expected) -> Resume {
     let (ids, saved) = match read {
         Ok(read) => read,
         Err(e) => return Resume::Fresh(Some(format!("unusable checkpoint ({e})"))),
@@ -159,7 +160,7 @@ impl Checkpointing {
     pub fn save(&self, state: &State) -> Result<()> {
         let payload = Checkpoint {
             input_digest: self.input_digest,
-            state: state.clone(),
+            state,
         };
         container::write(&self.path, Kind::Checkpoint, self.ids, &payload, false)
     }
