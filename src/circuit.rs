@@ -140,6 +140,11 @@ impl Requant {
         self.steps.iter().map(TruncStep::bootstraps).sum::<u64>() + 1
     }
 
+    /// Bootstraps of the whole layer.
+    pub fn bootstraps(&self) -> u64 {
+        self.shape.len() as u64 * self.pbs_per_activation()
+    }
+
     /// Bootstraps per activation spent on truncation.
     pub fn truncation_pbs_per_activation(&self) -> u64 {
         self.pbs_per_activation() - 1
@@ -329,10 +334,7 @@ impl Circuit {
     pub fn pbs_counts(&self) -> (u64, u64) {
         self.requants().fold((0, 0), |(all, trunc), r| {
             let n = r.shape.len() as u64;
-            (
-                all + n * r.pbs_per_activation(),
-                trunc + n * r.truncation_pbs_per_activation(),
-            )
+            (all + r.bootstraps(), trunc + n * r.truncation_pbs_per_activation())
         })
     }
 

@@ -76,7 +76,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
                     r.shape.len(),
                     r.acc_bits,
                     r.lut_bits,
-                    r.shape.len() as u64 * r.pbs_per_activation(),
+                    r.bootstraps(),
                     pfail
                 );
             }

@@ -373,7 +373,7 @@ pub fn bootstraps_done(circuit: &Circuit, state: &State) -> u64 {
     circuit.layers[..state.next_layer.min(circuit.layers.len())]
         .iter()
         .map(|l| match l {
-            Layer::Requant(r) => r.pbs_per_activation() * r.shape.len() as u64,
+            Layer::Requant(r) => r.bootstraps(),
             Layer::Linear(_) => 0,
         })
         .sum()
