@@ -10,8 +10,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::params::{Bootstrap, FheParams};
 
-/// Version of the serialised circuit (and of the compiler's output semantics).
-pub const CIRCUIT_VERSION: u32 = 2;
+/// Version of the serialised circuit (and of the compiler's output semantics). 3: 5-bit tables
+/// are split tables, whose index wraps modulo 2^5 outside the window.
+pub const CIRCUIT_VERSION: u32 = 3;
 
 /// Channels, height, width.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -84,11 +85,18 @@ pub struct Residual {
     pub gains: Vec<i64>,
 }
 
+/// Widest table one bootstrap reads at 2^-64 (4 bits plus the padding bit, N = 2048).
+pub const DIRECT_TABLE_BITS: u32 = 4;
+/// Widest table the FHE evaluator runs: 5 bits, as a split table of three bootstraps.
+pub const MAX_FHE_TABLE_BITS: u32 = 5;
+
 /// Exact truncation followed by one table lookup per activation.
 ///
 /// With `m` the accumulator, `s = acc_bits - lut_bits` and `t = (m >> s) mod 2^(lut_bits + 1)`
-/// (floor shift), the output is `tables[c][t]` if `t < 2^lut_bits`, else `-tables[c][t - 2^lut_bits]`
-/// (the negacyclic half of the bootstrap; reached only when m left its window).
+/// (floor shift), a direct table (W <= 4) outputs `tables[c][t]` if `t < 2^lut_bits`, else
+/// `-tables[c][t - 2^lut_bits]` (the negacyclic half of the bootstrap; reached only when m left
+/// its window). A split table (W = 5, docs/circuit.md) outputs `tables[c][t mod 2^lut_bits]`:
+/// it drops the padding bit, so a value outside its window wraps around without a sign.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Requant {
     pub name: String,
@@ -135,9 +143,23 @@ impl Requant {
         self.acc_bits - self.lut_bits
     }
 
-    /// Bootstraps per activation: the truncation steps' plus the table.
+    /// Whether the table is wider than one bootstrap reads, and so split in three (docs/circuit.md).
+    pub fn split_table(&self) -> bool {
+        self.lut_bits > DIRECT_TABLE_BITS
+    }
+
+    /// Bootstraps of the table itself: one, or three for a split table (a cheap sign, two tables).
+    pub fn table_pbs_per_activation(&self) -> u64 {
+        if self.split_table() {
+            3
+        } else {
+            1
+        }
+    }
+
+    /// Bootstraps per activation: the truncation steps' plus the table's.
     pub fn pbs_per_activation(&self) -> u64 {
-        self.steps.iter().map(TruncStep::bootstraps).sum::<u64>() + 1
+        self.truncation_pbs_per_activation() + self.table_pbs_per_activation()
     }
 
     /// Bootstraps of the whole layer.
@@ -147,12 +169,23 @@ impl Requant {
 
     /// Bootstraps per activation spent on truncation.
     pub fn truncation_pbs_per_activation(&self) -> u64 {
-        self.pbs_per_activation() - 1
+        self.steps.iter().map(TruncStep::bootstraps).sum()
     }
 
     /// Relative cost of one activation in stock bootstraps.
     pub fn relative_cost(&self, params: &FheParams) -> f64 {
-        relative_steps_cost(&self.steps, params) + params.relative_pbs_cost(Bootstrap::Precise)
+        let precise = params.relative_pbs_cost(Bootstrap::Precise);
+        let table = if self.split_table() {
+            2.0 * precise + params.relative_pbs_cost(Bootstrap::Cheap)
+        } else {
+            precise
+        };
+        relative_steps_cost(&self.steps, params) + table
+    }
+
+    /// The cost model's estimate of this layer's encrypted time on 2 cores, in seconds.
+    pub fn estimated_seconds(&self, params: &FheParams) -> f64 {
+        FheParams::estimated_seconds(self.shape.len() as f64 * self.relative_cost(params))
     }
 }
 

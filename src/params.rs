@@ -15,6 +15,11 @@ use tfhe::core_crypto::commons::noise_formulas::{
     lwe_programmable_bootstrap::pbs_variance_132_bits_security_tuniform_fft_mul_impl,
 };
 
+/// Measured milliseconds of one keyswitch + bootstrap with the stock 2^23 x 1 decomposition,
+/// amortised over 2 threads in a whole tiny-pkn run, linear layers included (docs/benchmarks.md):
+/// the unit of the cost model's time estimates.
+pub const MS_PER_STOCK_PBS_2_THREADS: f64 = 16.4;
+
 /// The failure probability every bootstrap must stay under: 2^-64.
 pub const LOG2_PFAIL_LIMIT: f64 = -64.0;
 
@@ -114,6 +119,11 @@ impl FheParams {
     /// measured by `cargo bench --bench fhe -- bootstrap` (docs/benchmarks.md).
     pub fn relative_pbs_cost(&self, which: Bootstrap) -> f64 {
         0.525 + 0.475 * self.decomposition(which).1 as f64
+    }
+
+    /// Estimated seconds for a cost of `stock_bootstraps` on 2 cores of this machine kind.
+    pub fn estimated_seconds(stock_bootstraps: f64) -> f64 {
+        stock_bootstraps * MS_PER_STOCK_PBS_2_THREADS / 1000.0
     }
 
     /// Variance of a fresh encryption under the big key (used for the client's input).

@@ -7,12 +7,12 @@
 
 use pkn::circuit::{Requant, Shape, TruncStep};
 use pkn::compile::noise::plan_steps;
-use pkn::eval::clear::{lut_index, table_output};
-use pkn::eval::fhe::Engine;
+use pkn::eval::clear::{lut_index, requant as requant_clear, table_output};
+use pkn::eval::fhe::{Bootstrapper, Engine};
 use pkn::keys::{decode, encode, ClientKey};
 use pkn::params::{Bootstrap, FheParams};
 use rayon::prelude::*;
-use tfhe::core_crypto::prelude::ContiguousEntityContainer;
+use tfhe::core_crypto::prelude::{CiphertextModulus, ContiguousEntityContainer, LweCiphertextList, LweSize};
 
 /// Weighted sum of ciphertexts (wrapping), plus a plaintext constant.
 fn weighted_sum(cts: &[Vec<u64>], weights: &[i64], constant: u64) -> Vec<u64> {
@@ -24,6 +24,28 @@ fn weighted_sum(cts: &[Vec<u64>], weights: &[i64], constant: u64) -> Vec<u64> {
     }
     *acc.last_mut().unwrap() = acc.last().unwrap().wrapping_add(constant);
     acc
+}
+
+/// Sixteen activations in [0, 15], each the output of a real bootstrap (realistic noise), to be
+/// combined with weights of 2-norm about 20, like a 3x3x4 convolution of 4-bit weights; returns the
+/// ciphertexts (encoded with `acc_bits`), the weights and the clear weighted sum.
+fn real_activations(engine: &Engine, client: &ClientKey, acc_bits: u32) -> (Vec<Vec<u64>>, Vec<i64>, i64) {
+    let weights: Vec<i64> = vec![7, -5, 3, -7, 6, 1, -2, 4, -6, 5, 2, -3, 7, -4, 1, 5];
+    let xs: Vec<i64> = (0..16).map(|i| (i * 5 + 2) % 16).collect();
+    let base: i64 = weights.iter().zip(&xs).map(|(w, x)| w * x).sum();
+    let identity: Vec<i64> = (0..16).collect();
+    let lut = engine.table_accumulator(&identity, acc_bits);
+    let fresh = client.encrypt(&xs, 4).par_decompress_into_lwe_ciphertext_list();
+    let mut scratch = engine.scratch();
+    let activations = fresh
+        .iter()
+        .map(|ct| {
+            let mut out = vec![0u64; ct.as_ref().len()];
+            engine.lookup(&mut scratch, ct.as_ref(), &lut, &mut out);
+            out
+        })
+        .collect();
+    (activations, weights, base)
 }
 
 fn steps(bits: &[u32], precise: bool) -> Vec<TruncStep> {
@@ -39,12 +61,6 @@ fn every_truncation_step_and_table_output_match_the_clear_values() {
     let lut_bits = 4u32;
     let table: Vec<i64> = (0..16).map(|t| (t * 7 + 3) % 16).collect();
 
-    // Sixteen activations in [0, 15], each the output of a real bootstrap (realistic noise),
-    // combined with weights of 2-norm about 20, like a 3x3x4 convolution of 4-bit weights.
-    let weights: Vec<i64> = vec![7, -5, 3, -7, 6, 1, -2, 4, -6, 5, 2, -3, 7, -4, 1, 5];
-    let norm2: i64 = weights.iter().map(|w| w * w).sum();
-    let xs: Vec<i64> = (0..16).map(|i| (i * 5 + 2) % 16).collect();
-    let base: i64 = weights.iter().zip(&xs).map(|(w, x)| w * x).sum();
     let checked = std::sync::atomic::AtomicUsize::new(0);
     for acc_bits in [6u32, 10, 14] {
         let shift = acc_bits - lut_bits;
@@ -62,23 +78,12 @@ fn every_truncation_step_and_table_output_match_the_clear_values() {
             output_bits: 4,
             steps: Vec::new(),
         };
+        let (activations, weights, base) = real_activations(&engine, &client, acc_bits);
+        let norm2: i64 = weights.iter().map(|w| w * w).sum();
         let var = params.pbs_output_variance(Bootstrap::Precise) * norm2 as f64;
         let planned = plan_steps(&requant, var, &params).expect("the planner finds an exact plan");
         let fours: Vec<u32> = (0..shift).step_by(4).map(|i| (shift - i).min(4)).collect();
         let plans = [steps(&vec![1; shift as usize], true), steps(&fours, true), planned];
-
-        let identity: Vec<i64> = (0..16).collect();
-        let lut = engine.table_accumulator(&identity, acc_bits);
-        let fresh = client.encrypt(&xs, lut_bits).par_decompress_into_lwe_ciphertext_list();
-        let mut scratch = engine.scratch();
-        let activations: Vec<Vec<u64>> = fresh
-            .iter()
-            .map(|ct| {
-                let mut out = vec![0u64; ct.as_ref().len()];
-                engine.lookup(&mut scratch, ct.as_ref(), &lut, &mut out);
-                out
-            })
-            .collect();
         let step = 1i64 << shift;
         let window = 1i64 << acc_bits;
         // Low bits all 0 and all 1, at the bottom, middle and top of the window, and outside it.
@@ -130,4 +135,66 @@ fn every_truncation_step_and_table_output_match_the_clear_values() {
         }
     }
     assert!(checked.into_inner() >= 300);
+}
+
+/// A 5-bit split table (three bootstraps) on every index, with low bits all 0 and all 1, and on
+/// values outside the window (which wrap modulo 2^5): the whole layer, FHE against clear.
+#[test]
+fn split_tables_match_the_clear_values_on_every_index() {
+    let params = FheParams::stock_2_2_with_pbs(12, 3);
+    let (client, server) = ClientKey::generate(params);
+    let key = server.expand();
+    let engine = Engine::new(&key);
+    let lut_bits = 5u32;
+    // Two channels with signed outputs whose halves differ by odd amounts (half units in M and D).
+    let tables: Vec<Vec<i64>> = (0..2i64)
+        .map(|c| (0..32).map(|t| (t * (7 + 2 * c) + 3) % 23 - 9).collect())
+        .collect();
+    for acc_bits in [5u32, 9] {
+        let shift = acc_bits - lut_bits;
+        let (activations, weights, base) = real_activations(&engine, &client, acc_bits);
+        let step = 1i64 << shift;
+        let window = 1i64 << acc_bits;
+        let mut targets: Vec<i64> = (0..32).flat_map(|t| [t * step, t * step + step - 1]).collect();
+        targets.extend([-1, -step, window, window + 3 * step - 1, 2 * window - 1]);
+        let per_channel = targets.len();
+        let mut requant = Requant {
+            name: "split".into(),
+            shape: Shape {
+                channels: 2,
+                height: 1,
+                width: per_channel,
+            },
+            acc_bits,
+            lut_bits,
+            tables: tables.clone(),
+            output_encoding_bits: 7,
+            output_bits: 4,
+            steps: Vec::new(),
+        };
+        let norm2: i64 = weights.iter().map(|w| w * w).sum();
+        let var = params.pbs_output_variance(Bootstrap::Precise) * norm2 as f64;
+        requant.steps = plan_steps(&requant, var, &params).expect("the planner finds an exact plan");
+        let mut container = Vec::new();
+        let mut accs = Vec::new();
+        for _ in 0..2 {
+            for &target in &targets {
+                container.extend(weighted_sum(&activations, &weights, encode(target - base, acc_bits)));
+                accs.push(target);
+            }
+        }
+        let size = activations[0].len();
+        let input = LweCiphertextList::from_container(container, LweSize(size), CiphertextModulus::new_native());
+        let out = engine.requant(&requant, input, None);
+        let want = requant_clear(&requant, &accs);
+        for (i, ct) in out.iter().enumerate() {
+            assert_eq!(
+                decode(client.phase(ct.as_ref()), 7),
+                want[i],
+                "B={acc_bits} channel {} accumulator {}",
+                i / per_channel,
+                accs[i]
+            );
+        }
+    }
 }

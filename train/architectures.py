@@ -12,9 +12,9 @@ def pkn_bn(act, bn):
     return [{"op": "pkn", "name": act}, {"op": "batch_norm", "name": bn, "eps": 1e-5}]
 
 
-def quantization(input_bits, weight_bits, activation_bits, window_margin, activation_clip):
+def quantization(input_bits, weight_bits, activation_bits, window_margin, activation_clip, table_bits=4):
     return {"input_bits": input_bits, "weight_bits": weight_bits, "activation_bits": activation_bits,
-            "window_margin": window_margin, "activation_clip": activation_clip}
+            "window_margin": window_margin, "activation_clip": activation_clip, "table_bits": table_bits}
 
 
 def fashion_mnist_model(name, q, layers):

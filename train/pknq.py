@@ -18,6 +18,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 
+# Widest table one bootstrap reads (src/circuit.rs DIRECT_TABLE_BITS); 5 bits is a split table.
+DIRECT_TABLE_BITS = 4
+
+
 def round_away(x):
     """Rust's f64::round: halves away from zero."""
     return torch.sign(x) * torch.floor(torch.abs(x) + 0.5)
@@ -126,6 +130,17 @@ class QLinear(nn.Module):
         self.register_buffer("seen", torch.tensor(0))
         self.calibrating = False
         self.frozen = False
+        self.float_mode = False
+
+    def float_forward(self, x, r=None):
+        """The plain float network (no quantization): pre-training before the circuit is in the loop."""
+        v = x.scale * (x.q - x.zero_point)
+        z = self.layer(v if isinstance(self.layer, nn.Conv2d) else v.flatten(1))
+        if self.residual:
+            for m in self.pre_add:
+                z = m(z)
+            z = z + r.scale * (r.q - r.zero_point)
+        return QState(self.apply_chain(z), 1.0, 0, 0.0, 0.0)
 
     def ema(self, buf, value):
         if self.seen == 0:
@@ -169,6 +184,8 @@ class QLinear(nn.Module):
         return z
 
     def forward(self, x, r=None):
+        if self.float_mode:
+            return self.float_forward(x, r).q if self.output else self.float_forward(x, r)
         bias = self.layer.bias
         if bias is None:
             bias = torch.zeros(self.layer.weight.shape[0], dtype=self.layer.weight.dtype)
@@ -231,7 +248,9 @@ class QLinear(nn.Module):
             neg = torch.zeros_like(t, dtype=torch.bool)
         else:
             t_full = torch.remainder(torch.floor(m / 2 ** s), 2 ** (self.lut_bits + 1))
-            neg = t_full >= 2 ** self.lut_bits
+            # A direct table (W <= 4) negates its output past the padding bit; a split table (W = 5)
+            # drops that bit, so its index wraps modulo 2^W.
+            neg = t_full >= 2 ** self.lut_bits if self.lut_bits <= DIRECT_TABLE_BITS else torch.zeros_like(m, dtype=torch.bool)
             t = torch.remainder(t_full, 2 ** self.lut_bits)
         centre = (t * 2 ** s + (2 ** s - 1) / 2 - off) / g
         pre = lambda a: ws.view(view) * (a - zero_term.view(view)) + bias.view(view)
@@ -374,6 +393,11 @@ class QNet(nn.Module):
                     st.calibrating = True
                     self(images_u8)
                     st.calibrating = False
+
+    def set_float(self, on=True):
+        """Run the float network instead of the circuit (see QLinear.float_forward)."""
+        for st in self.qlinears:
+            st.float_mode = on
 
     def freeze(self, frozen=True):
         """Keep windows, activation ranges and batch-norm statistics fixed while fine-tuning."""

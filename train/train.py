@@ -82,6 +82,8 @@ def run_epochs(model, xtr, ytr, epochs, lr, frozen, batch=128):
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("model", choices=sorted(ZOO))
+    p.add_argument("--float-epochs", type=int, default=0, help="plain float epochs before the circuit is in the loop")
+    p.add_argument("--float-lr", type=float, default=None, help="learning rate of the float epochs (default --lr)")
     p.add_argument("--epochs", type=int, default=12, help="phase 1 epochs (moving-average windows)")
     p.add_argument("--finetune", type=int, default=4, help="phase 2 epochs (calibrated, frozen windows)")
     p.add_argument("--input-bits", type=int, default=4)
@@ -97,7 +99,7 @@ def main():
     a = p.parse_args()
     torch.manual_seed(a.seed)
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", os.cpu_count() or 1)))
-    arch = ZOO[a.model](quantization(a.input_bits, a.weight_bits, a.act_bits, a.margin, a.act_clip))
+    arch = ZOO[a.model](quantization(a.input_bits, a.weight_bits, a.act_bits, a.margin, a.act_clip, a.lut_bits))
     find = lambda stem: next(f for f in (f"{a.data}/{stem}.gz", f"{a.data}/{stem}") if os.path.exists(f))
     xtr = torch.from_numpy(read_idx(find("train-images-idx3-ubyte")).copy())
     ytr = torch.from_numpy(read_idx(find("train-labels-idx1-ubyte")).astype(np.int64))
@@ -106,6 +108,11 @@ def main():
     calib = torch.from_numpy(read_idx(os.path.join(HERE, "..", "weights", "calibration-images.idx")).copy())
 
     model = QNet(arch, margin=a.margin, lut_bits=a.lut_bits, act_clip=a.act_clip)
+    model.set_float(True)
+    for epoch in range(a.float_epochs):
+        run_epochs(model, xtr, ytr, 1, (a.float_lr or a.lr) * 0.5 * (1 + np.cos(np.pi * epoch / a.float_epochs)), frozen=False)
+        print(f"float epoch {epoch + 1}: test accuracy (float network) {accuracy(model, xte, yte):.4f}", flush=True)
+    model.set_float(False)
     for epoch in range(a.epochs):
         run_epochs(model, xtr, ytr, 1, a.lr * 0.5 * (1 + np.cos(np.pi * epoch / a.epochs)), frozen=False)
         print(f"phase 1 epoch {epoch + 1}: test accuracy (moving windows) {accuracy(model, xte, yte):.4f}", flush=True)

@@ -4,12 +4,14 @@ use std::time::Instant;
 use anyhow::Context;
 
 use super::{print_prediction, ModelArgs, DEFAULT_INPUT, DEFAULT_OUTPUT, DEFAULT_SERVER_KEY};
+use crate::circuit::{Circuit, Layer};
 use crate::eval::{clear, fhe};
 use crate::io::checkpoint::{file_digest, Checkpointing, Resume};
 use crate::io::container::{self, hex, Ids, Kind};
 use crate::io::image::load_gray_png;
 use crate::io::payload::{EncryptedInput, EncryptedOutput};
 use crate::keys::ServerKey;
+use crate::params::FheParams;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -153,7 +155,14 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     bar.reset_eta();
     bar.set_message(format!("inferring {}", circuit.name));
     let run_start = Instant::now();
-    let outputs = fhe::resume(&circuit, engine.as_ref(), state, Some(&bar), |s| checkpoints.save(s))?;
+    let mut layer_secs = Vec::new();
+    let mut since = Instant::now();
+    let outputs = fhe::resume(&circuit, engine.as_ref(), state, Some(&bar), |s| {
+        layer_secs.push((s.next_layer - 1, since.elapsed().as_secs_f64()));
+        let saved = checkpoints.save(s);
+        since = Instant::now();
+        saved
+    })?;
     bar.finish_and_clear();
     let secs = run_start.elapsed().as_secs_f64();
     let run_pbs = pbs - done;
@@ -171,5 +180,28 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         key_time.as_secs_f64(),
         a.output.display()
     );
+    print_layer_times(&circuit, &params, &layer_secs);
     Ok(())
+}
+
+/// Measured seconds of each table layer run (its linear layers included, checkpoint excluded)
+/// next to the cost model's estimate for 2 CPU cores, which `pkn inspect` prints.
+fn print_layer_times(circuit: &Circuit, params: &FheParams, layer_secs: &[(usize, f64)]) {
+    println!(
+        "{:<12} {:>10} {:>11} {:>12} {:>9}",
+        "layer", "bootstraps", "measured s", "estimated s", "ratio"
+    );
+    for &(i, secs) in layer_secs {
+        if let Layer::Requant(r) = &circuit.layers[i] {
+            let estimate = r.estimated_seconds(params);
+            println!(
+                "{:<12} {:>10} {:>11.1} {:>12.1} {:>9.2}",
+                r.name,
+                r.bootstraps(),
+                secs,
+                estimate,
+                secs / estimate
+            );
+        }
+    }
 }

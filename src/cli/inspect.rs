@@ -2,17 +2,13 @@ use super::ModelArgs;
 use crate::circuit::{Layer, LinearOp};
 use crate::compile::{candidates, noise};
 use crate::io::container::hex;
-use crate::params::LOG2_PFAIL_LIMIT;
+use crate::params::{FheParams, LOG2_PFAIL_LIMIT};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
     #[command(flatten)]
     pub model: ModelArgs,
 }
-
-/// Measured milliseconds of one keyswitch + bootstrap with the stock 2^23 x 1 decomposition,
-/// amortised over 2 threads in a whole tiny-pkn run, linear layers included (docs/benchmarks.md).
-pub const MS_PER_STOCK_PBS_2_THREADS: f64 = 16.4;
 
 pub fn run(a: Args) -> anyhow::Result<()> {
     let compiled = a.model.circuit()?;
@@ -32,8 +28,8 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         s.channels, s.height, s.width, c.input.bits, c.input.encoding_bits
     );
     println!(
-        "{:<10} {:<32} {:>10} {:>6} {:>5} {:>10} {:>12}",
-        "layer", "operation", "outputs", "B", "W", "PBS", "log2 p-fail"
+        "{:<10} {:<32} {:>10} {:>6} {:>5} {:>10} {:>12} {:>8}",
+        "layer", "operation", "outputs", "B", "W", "PBS", "log2 p-fail", "est. s"
     );
     let mut noise_iter = report.layers.iter();
     for layer in &c.layers {
@@ -70,14 +66,15 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             Layer::Requant(r) => {
                 let pfail = noise_iter.next().map_or(0.0, |n| n.log2_pfail);
                 println!(
-                    "{:<10} {:<32} {:>10} {:>6} {:>5} {:>10} {:>12.1}",
+                    "{:<10} {:<32} {:>10} {:>6} {:>5} {:>10} {:>12.1} {:>8.1}",
                     r.name,
                     format!("truncate {} + table", steps_label(&r.steps)),
                     r.shape.len(),
                     r.acc_bits,
                     r.lut_bits,
                     r.bootstraps(),
-                    pfail
+                    pfail,
+                    r.estimated_seconds(&params)
                 );
             }
         }
@@ -107,7 +104,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             candidate.cost
         );
     }
-    let secs = c.relative_cost(&params) * MS_PER_STOCK_PBS_2_THREADS / 1000.0;
+    let secs = FheParams::estimated_seconds(c.relative_cost(&params));
     println!("estimated encrypted inference on 2 cores: {secs:.0} s (estimate from the cost model, not a measurement)");
     match refusal {
         None => Ok(()),

@@ -42,8 +42,8 @@ pub struct ModelArgs {
     /// Margin added to calibrated accumulator ranges (0.25 = 25 %) [default: the model's, else 0.25].
     #[arg(long)]
     pub margin: Option<f64>,
-    /// Bits read by each table (W). Above 4 no 2048-coefficient bootstrap meets 2^-64, so only
-    /// the clear evaluator (eval, inspect, infer --clear) can run such a circuit.
+    /// Bits read by each table (W), 1 to 5 [default: the model's, else 4]. A 5-bit table costs
+    /// three bootstraps instead of one (a split table, docs/circuit.md).
     #[arg(long)]
     pub lut_bits: Option<u32>,
     /// Fraction of calibration activations clipped at each end of every activation range

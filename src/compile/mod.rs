@@ -20,6 +20,7 @@ use rayon::prelude::*;
 
 use crate::circuit::{
     window_output, Circuit, InputSpec, Layer, Linear, LinearOp, OutputSpec, Requant, Shape, TruncStep, CIRCUIT_VERSION,
+    DIRECT_TABLE_BITS, MAX_FHE_TABLE_BITS,
 };
 use crate::error::{Error, Result};
 use crate::eval::clear;
@@ -39,7 +40,8 @@ pub struct CompileOptions {
     pub worst_case: bool,
     /// Margin on calibrated ranges (0.25 = 25 %); None: the model's `window_margin`, else 0.25.
     pub margin: Option<f64>,
-    /// Bits read by each table (W); None: 4, the most the 2048-coefficient bootstrap reads at 2^-64.
+    /// Bits read by each table (W); None: the model's `table_bits`, else 4 (one bootstrap per
+    /// table; 5 is a split table of three).
     pub lut_bits: Option<u32>,
     /// Fraction of calibration activations left outside the activation range at each end (they
     /// saturate); None: the model's `activation_clip`, else 0.001.
@@ -81,7 +83,7 @@ pub fn compile(model: &Model, calibration: &[Vec<u8>], options: &CompileOptions)
     let q = arch.quantization;
     let options = &Resolved {
         margin: (!options.worst_case).then(|| options.margin.or(q.window_margin).unwrap_or(DEFAULT_MARGIN)),
-        lut_bits: options.lut_bits.unwrap_or(4),
+        lut_bits: options.lut_bits.or(q.table_bits).unwrap_or(DIRECT_TABLE_BITS),
         act_clip: options.act_clip.or(q.activation_clip).unwrap_or(DEFAULT_ACT_CLIP),
     };
     if !(0.0..0.5).contains(&options.act_clip) {
@@ -93,9 +95,9 @@ pub fn compile(model: &Model, calibration: &[Vec<u8>], options: &CompileOptions)
     if options.margin.is_some_and(|m| !(0.0..=4.0).contains(&m)) {
         return Err(Error::Compile("the window margin must be between 0 and 4".into()));
     }
-    if !(1..=8).contains(&options.lut_bits) {
+    if !(1..=MAX_FHE_TABLE_BITS).contains(&options.lut_bits) {
         return Err(Error::Compile(format!(
-            "table input of {} bits is not supported (1..=8)",
+            "table input of {} bits is not supported (1..={MAX_FHE_TABLE_BITS})",
             options.lut_bits
         )));
     }

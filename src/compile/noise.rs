@@ -4,7 +4,8 @@
 //! linear output has variance sum(w^2) * var(in); a truncation step on `L` held bits amplifies the
 //! ciphertext noise by 2^L before its sign bootstrap, whose input must stay within 1/4 of its
 //! centre; each step adds its bootstrap's output noise to the ciphertext; the final table reads W
-//! bits, half a slot being 2^-(W + 2); decrypting an output needs its noise within half a step.
+//! bits, half a slot being 2^-(W + 2) (a split table reads the doubled ciphertext, with half a slot
+//! of 2^-(W + 1)); decrypting an output needs its noise within half a step.
 
 use crate::circuit::{relative_steps_cost, Circuit, Layer, Requant, TruncStep};
 use crate::params::{log2_gaussian_two_sided_tail, Bootstrap, FheParams, LOG2_PFAIL_LIMIT};
@@ -71,7 +72,28 @@ pub fn requant_log2_pfail(r: &Requant, var: f64, params: &FheParams, steps: &[Tr
         var += params.pbs_output_variance(key(st.precise));
         held -= st.bits;
     }
-    worst.max(params.log2_pfail(var, 2f64.powi(-(r.lut_bits as i32 + 2))))
+    if r.split_table() {
+        // The ciphertext doubled (padding bit dropped): W bits on the whole torus, half a slot
+        // 2^-(W + 1), for the sign and the signed table; the low table also carries the sign's noise.
+        let half_slot = 2f64.powi(-(r.lut_bits as i32 + 1));
+        let doubled = 4.0 * var;
+        let low = doubled + params.pbs_output_variance(Bootstrap::Cheap);
+        worst
+            .max(params.log2_pfail(doubled, half_slot))
+            .max(params.log2_pfail(low, half_slot))
+    } else {
+        worst.max(params.log2_pfail(var, 2f64.powi(-(r.lut_bits as i32 + 2))))
+    }
+}
+
+/// Noise of a table layer's outputs: one precise bootstrap's, or the sum of a split table's two.
+pub fn table_output_variance(r: &Requant, params: &FheParams) -> f64 {
+    let one = params.pbs_output_variance(Bootstrap::Precise);
+    if r.split_table() {
+        2.0 * one
+    } else {
+        one
+    }
 }
 
 /// Ways to split `shift` bits into steps: single bits, and digits of 2 to 4 bits with the
@@ -149,7 +171,7 @@ fn walk(circuit: &Circuit, params: &FheParams, mut visit: impl FnMut(usize, &Req
             }
             Layer::Requant(r) => {
                 visit(i, r, var[i]);
-                params.pbs_output_variance(Bootstrap::Precise)
+                table_output_variance(r, params)
             }
         };
     }

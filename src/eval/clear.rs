@@ -44,11 +44,17 @@ pub fn table_output(table: &[i64], t: usize) -> i64 {
 /// Exact truncation and table lookup of every activation.
 pub fn requant(layer: &Requant, acc: &[i64]) -> Vec<i64> {
     let per_channel = layer.shape.per_channel();
+    let split = layer.split_table();
     acc.iter()
         .enumerate()
         .map(|(i, &m)| {
+            let table = &layer.tables[i / per_channel];
             let t = lut_index(m, layer.shift(), layer.lut_bits);
-            table_output(&layer.tables[i / per_channel], t)
+            if split {
+                table[t % table.len()]
+            } else {
+                table_output(table, t)
+            }
         })
         .collect()
 }
@@ -112,6 +118,31 @@ mod tests {
         let table = [5, 6, 7, 8];
         assert_eq!(table_output(&table, 3), 8);
         assert_eq!(table_output(&table, 5), -6);
+    }
+
+    #[test]
+    fn a_split_table_wraps_without_a_sign_and_costs_three_bootstraps() {
+        use crate::circuit::Shape;
+        let table: Vec<i64> = (0..32).map(|t| t - 10).collect();
+        let layer = Requant {
+            name: "split".into(),
+            shape: Shape {
+                channels: 1,
+                height: 1,
+                width: 5,
+            },
+            acc_bits: 7,
+            lut_bits: 5,
+            tables: vec![table],
+            output_encoding_bits: 6,
+            output_bits: 4,
+            steps: vec![crate::circuit::TruncStep { bits: 2, precise: false }],
+        };
+        // s = 2: 0 -> t 0; 127 -> t 31; 128 -> t 32 = 0 (wrapped, no sign); -1 -> t 63 = 31.
+        assert_eq!(requant(&layer, &[0, 127, 128, -1, 70]), vec![-10, 21, -10, 21, 7]);
+        assert!(layer.split_table());
+        assert_eq!(layer.pbs_per_activation(), 2 + 3);
+        assert_eq!(layer.truncation_pbs_per_activation(), 2);
     }
 
     #[test]

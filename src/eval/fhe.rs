@@ -35,10 +35,73 @@ pub struct StepLuts {
 }
 
 /// A requant layer's accumulators, built once per layer: each truncation step's, with the bits
-/// held before it, and each output channel's table.
+/// held before it, and each output channel's table (direct), or its split table.
 pub struct LayerLuts {
     pub steps: Vec<(TruncStep, u32, StepLuts)>,
     pub tables: Vec<GlweCiphertextOwned<u64>>,
+    pub split: Option<SplitLuts>,
+}
+
+/// A split table of W bits (docs/circuit.md): with t = b 2^(W-1) + r, T[t] = M[r] + (-1)^b D[r],
+/// M and D the half sum and half difference of the table's two halves. D is read from the doubled
+/// ciphertext, whose negacyclic bootstrap supplies the sign; a sign bootstrap (as before a digit
+/// of W - 1 bits) clears b, and M is read from what remains.
+pub struct SplitLuts {
+    bits: u32,
+    sign: GlweCiphertextOwned<u64>,
+    /// D per channel, read on W bits without padding.
+    pub signed: Vec<GlweCiphertextOwned<u64>>,
+    /// M per channel, read on W - 1 bits.
+    pub low: Vec<GlweCiphertextOwned<u64>>,
+}
+
+impl SplitLuts {
+    fn new(params: &FheParams, layer: &Requant) -> SplitLuts {
+        let bits = layer.lut_bits;
+        let half = 1usize << (bits - 1);
+        // M and D in half units: encoded with one more bit, 2M and 2D are integers.
+        let halves = |f: fn(i64, i64) -> i64| {
+            let out = layer.output_encoding_bits + 1;
+            layer
+                .tables
+                .iter()
+                .map(|t| {
+                    let h: Vec<i64> = (0..half).map(|r| f(t[r], t[r + half])).collect();
+                    table_accumulator(params, &h, out)
+                })
+                .collect()
+        };
+        SplitLuts {
+            bits,
+            sign: quarter_sign(params),
+            signed: halves(|a, b| a - b),
+            low: halves(|a, b| a + b),
+        }
+    }
+
+    /// The ciphertext the signed half reads: doubled, which shifts the padding bit out.
+    pub fn signed_input(&self, ct: &[u64], input: &mut [u64]) {
+        for (d, s) in input.iter_mut().zip(ct) {
+            *d = s << 1;
+        }
+    }
+
+    /// The sign bootstrap's input (on the cheap key, table [`SplitLuts::sign_table`]): doubled and
+    /// centred in its slot.
+    pub fn sign_input(&self, ct: &[u64], input: &mut [u64]) {
+        self.signed_input(ct, input);
+        let body = input.len() - 1;
+        input[body] = input[body].wrapping_add(1u64 << (63 - self.bits));
+    }
+
+    pub fn sign_table(&self) -> &GlweCiphertextOwned<u64> {
+        &self.sign
+    }
+
+    /// After the sign bootstrap returned `out`: `input` becomes what the low half reads.
+    pub fn low_input(&self, input: &mut [u64], out: &[u64]) {
+        clear_bit_above(input, out, self.bits - 1);
+    }
 }
 
 /// The evaluation key with its FFT plan: what every bootstrap needs.
@@ -138,6 +201,22 @@ impl<'k> Engine<'k> {
         self.bootstrap_shifted(scratch, lut, Bootstrap::Precise);
         out.copy_from_slice(scratch.extracted.as_ref());
     }
+
+    /// A split table of channel `channel` on a ciphertext holding W bits, into `out`: the signed
+    /// half from the doubled ciphertext, plus the low half once the sign bootstrap cleared bit W - 1.
+    pub fn split_lookup(&self, scratch: &mut Scratch, ct: &[u64], split: &SplitLuts, channel: usize, out: &mut [u64]) {
+        split.signed_input(ct, scratch.shifted.as_mut());
+        self.bootstrap_shifted(scratch, &split.signed[channel], Bootstrap::Precise);
+        out.copy_from_slice(scratch.extracted.as_ref());
+        split.sign_input(ct, scratch.shifted.as_mut());
+        self.bootstrap_shifted(scratch, split.sign_table(), Bootstrap::Cheap);
+        let Scratch { shifted, extracted, .. } = &mut *scratch;
+        split.low_input(shifted.as_mut(), extracted.as_ref());
+        self.bootstrap_shifted(scratch, &split.low[channel], Bootstrap::Precise);
+        for (o, e) in out.iter_mut().zip(scratch.extracted.as_ref()) {
+            *o = o.wrapping_add(*e);
+        }
+    }
 }
 
 /// A lookup accumulator: coefficient j of the rotated table answers the phases around
@@ -163,6 +242,20 @@ pub fn table_accumulator(params: &FheParams, table: &[i64], output_bits: u32) ->
     })
 }
 
+/// Constant -1/4: returns -1/4 or +1/4 for a top bit 0 or 1 (the bit above a digit).
+fn quarter_sign(params: &FheParams) -> GlweCiphertextOwned<u64> {
+    accumulator(params, 0, |_| (1u64 << 62).wrapping_neg())
+}
+
+/// `input` holds a centred digit of `bits` bits under the bit above it at the top of the torus;
+/// `out`, the quarter-sign bootstrap of it, returned -/+ 1/4 for that bit 0 or 1. Clears the bit
+/// and the centring, leaving the digit with a zero padding bit.
+fn clear_bit_above(input: &mut [u64], out: &[u64], bits: u32) {
+    subtract(input, out);
+    let body = input.len() - 1;
+    input[body] = input[body].wrapping_sub((1u64 << 62).wrapping_add(1u64 << (62 - bits)));
+}
+
 /// `ct -= out`, coefficient-wise: removes a bootstrap's output from the accumulator.
 pub fn subtract(ct: &mut [u64], out: &[u64]) {
     for (c, o) in ct.iter_mut().zip(out) {
@@ -183,8 +276,7 @@ impl StepLuts {
         }
         let digits = 1usize << bits;
         StepLuts {
-            // Constant -1/4: returns -1/4 or +1/4 for the bit above the digit 0 or 1.
-            sign: accumulator(params, 0, |_| (1u64 << 62).wrapping_neg()),
+            sign: quarter_sign(params),
             // The digit d times Delta_held; index 2^bits (the negacyclic boundary) is unreachable.
             digit: Some(accumulator(params, bits, |t| {
                 if t < digits {
@@ -235,12 +327,7 @@ impl StepLuts {
                 let body = ct.len() - 1;
                 ct[body] = ct[body].wrapping_sub(delta(held) / 2);
             }
-            Some(_) => {
-                // Clear the bit above the digit (returned as -/+ 1/4) and the centring.
-                subtract(input, out);
-                let body = input.len() - 1;
-                input[body] = input[body].wrapping_sub((1u64 << 62).wrapping_add(1u64 << (62 - step.bits)));
-            }
+            Some(_) => clear_bit_above(input, out, step.bits),
         }
     }
 }
@@ -257,12 +344,23 @@ impl LayerLuts {
                 (step, before, StepLuts::new(params, before, step.bits))
             })
             .collect();
+        if layer.split_table() {
+            return LayerLuts {
+                steps,
+                tables: Vec::new(),
+                split: Some(SplitLuts::new(params, layer)),
+            };
+        }
         let tables = layer
             .tables
             .iter()
             .map(|t| table_accumulator(params, t, layer.output_encoding_bits))
             .collect();
-        LayerLuts { steps, tables }
+        LayerLuts {
+            steps,
+            tables,
+            split: None,
+        }
     }
 }
 
@@ -287,7 +385,12 @@ impl Bootstrapper for Engine<'_> {
                     for (step, held, step_luts) in &luts.steps {
                         self.truncation_step(scratch, ct, *held, *step, step_luts);
                     }
-                    self.lookup(scratch, ct, &luts.tables[i / per_channel], dst);
+                    let channel = i / per_channel;
+                    if let Some(split) = &luts.split {
+                        self.split_lookup(scratch, ct, split, channel, dst);
+                    } else {
+                        self.lookup(scratch, ct, &luts.tables[channel], dst);
+                    }
                     if let Some(bar) = progress {
                         bar.inc(layer.pbs_per_activation());
                     }

@@ -195,13 +195,34 @@ impl Bootstrapper for GpuEngine {
                     .for_each(|(ct, out)| subtract(ct, out));
             }
         }
-        let tables = self.upload_luts(&luts.tables);
-        let round = Round {
-            luts: &tables,
-            lut_indexes: &channel,
-            which: Bootstrap::Precise,
+        // A round in which ciphertext i reads its channel's table from `tables`, on the precise key.
+        let by_channel = |inputs: &[u64], tables: &[GlweCiphertextOwned<u64>]| {
+            let tables = self.upload_luts(tables);
+            let round = Round {
+                luts: &tables,
+                lut_indexes: &channel,
+                which: Bootstrap::Precise,
+            };
+            self.bootstrap(inputs, &round, &indexes, progress)
         };
-        let out = self.bootstrap(&acc, &round, &indexes, progress);
+        let Some(split) = &luts.split else {
+            let out = by_channel(&acc, &luts.tables);
+            return LweCiphertextList::from_container(out, LweSize(size), native());
+        };
+        acc.par_chunks(size)
+            .zip(inputs.par_chunks_mut(size))
+            .for_each(|(ct, input)| split.signed_input(ct, input));
+        let mut out = by_channel(&inputs, &split.signed);
+        acc.par_chunks(size)
+            .zip(inputs.par_chunks_mut(size))
+            .for_each(|(ct, input)| split.sign_input(ct, input));
+        let sign = single_table(&inputs, (split.sign_table(), Bootstrap::Cheap));
+        inputs
+            .par_chunks_mut(size)
+            .zip(sign.par_chunks(size))
+            .for_each(|(input, sign)| split.low_input(input, sign));
+        let low = by_channel(&inputs, &split.low);
+        out.par_iter_mut().zip(&low).for_each(|(o, l)| *o = o.wrapping_add(*l));
         LweCiphertextList::from_container(out, LweSize(size), native())
     }
 }

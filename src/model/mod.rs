@@ -31,6 +31,9 @@ pub struct Quantization {
     /// Fraction of activations clipped at each end the model was trained with (default 0.001).
     #[serde(default)]
     pub activation_clip: Option<f64>,
+    /// Bits read by each table the model was trained with (compile default 4).
+    #[serde(default)]
+    pub table_bits: Option<u32>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
