@@ -215,3 +215,61 @@ fn bad_inputs_give_one_clear_error_and_keep_existing_files() {
 fn write_png(path: &Path, w: usize, h: usize) {
     pkn::io::image::save_gray_png(path, &vec![128u8; w * h], w, h).unwrap();
 }
+
+/// Writes tiny-pkn to `path` with `table_bits` set to `bits` in its quantization.
+fn tiny_with_table_bits(path: &Path, bits: serde_json::Value) {
+    let bytes = std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("weights/tiny-pkn.safetensors")).unwrap();
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let mut header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+    let arch = &mut header["__metadata__"]["architecture"];
+    let mut parsed: serde_json::Value = serde_json::from_str(arch.as_str().unwrap()).unwrap();
+    parsed["quantization"]["table_bits"] = bits;
+    *arch = serde_json::Value::String(parsed.to_string());
+    let header = serde_json::to_vec(&header).unwrap();
+    let mut out = (header.len() as u64).to_le_bytes().to_vec();
+    out.extend(header);
+    out.extend(&bytes[8 + n..]);
+    std::fs::write(path, out).unwrap();
+}
+
+#[test]
+fn table_widths_per_layer_come_from_the_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    tiny_with_table_bits(&d.join("mixed.safetensors"), serde_json::json!({"conv2": 5}));
+    let out = ok(d, &["inspect", "--model", "mixed.safetensors"]);
+    let widths: Vec<(String, String)> = out
+        .lines()
+        .filter(|l| l.contains("truncate"))
+        .map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f[0].to_string(), f[f.len() - 4].to_string())
+        })
+        .collect();
+    assert_eq!(
+        widths,
+        [("conv1".into(), "4".into()), ("conv2".into(), "5".into())],
+        "{out}"
+    );
+    // The command line overrides the model for every layer.
+    let out = ok(d, &["inspect", "--model", "mixed.safetensors", "--lut-bits", "3"]);
+    assert_eq!(
+        out.lines()
+            .filter(|l| l.contains("truncate") && l.contains(" 3 "))
+            .count(),
+        2,
+        "{out}"
+    );
+    tiny_with_table_bits(&d.join("typo.safetensors"), serde_json::json!({"conv9": 5}));
+    fails(
+        d,
+        &["inspect", "--model", "typo.safetensors"],
+        "table_bits names layer conv9, which has no table (layers with tables: conv1, conv2)",
+    );
+    tiny_with_table_bits(&d.join("wide.safetensors"), serde_json::json!(6));
+    fails(
+        d,
+        &["inspect", "--model", "wide.safetensors"],
+        "table input of 6 bits is not supported (1..=5)",
+    );
+}

@@ -298,11 +298,15 @@ class QNet(nn.Module):
     compiler's order (a shortcut's layers before the layer that adds it)."""
 
     def __init__(self, arch, margin=0.25, lut_bits=4, act_clip=0.001):
+        """`lut_bits`: one table width for every layer, or a dict of widths by layer name (others 4),
+        like the model's `table_bits`."""
         super().__init__()
         self.arch = arch
+        self.layer_lut_bits = lut_bits if isinstance(lut_bits, dict) else {}
         q = arch["quantization"]
         self.input_bits = q["input_bits"]
-        self.cfg = dict(weight_bits=q["weight_bits"], act_bits=q["activation_bits"], lut_bits=lut_bits,
+        self.cfg = dict(weight_bits=q["weight_bits"], act_bits=q["activation_bits"],
+                        lut_bits=DIRECT_TABLE_BITS if isinstance(lut_bits, dict) else lut_bits,
                         margin=margin, act_clip=act_clip)
         self.names = {}
         self.qlinears = nn.ModuleList()  # every QLinear in compile (and calibration) order
@@ -330,13 +334,13 @@ class QNet(nn.Module):
                     add = specs[j]
                     shortcut = self.build(add.get("shortcut", []), top=False)
                     j, post = self.elementwise(specs, j + 1, c, l["op"] == "conv2d")
-                    ql = QLinear(mod, post, output=False, pre_add=chain, **self.cfg)
+                    ql = QLinear(mod, post, output=False, pre_add=chain, **self.layer_cfg(l["name"]))
                     self.qlinears.append(ql)
                     plan.append(("residual", ql, add["from"], shortcut))
                     last = specs[j - 1].get("name")
                 else:
                     is_out = top and not chain and all(op in ("avg_pool", "flatten") for op in rest)
-                    ql = QLinear(mod, chain, output=is_out, **self.cfg)
+                    ql = QLinear(mod, chain, output=is_out, **self.layer_cfg(l["name"]))
                     self.qlinears.append(ql)
                     plan.append(("stage", ql))
                     last = specs[j - 1].get("name")
@@ -351,6 +355,9 @@ class QNet(nn.Module):
             else:
                 raise ValueError(f"unsupported op {l['op']} here")
         return plan
+
+    def layer_cfg(self, name):
+        return dict(self.cfg, lut_bits=self.layer_lut_bits.get(name, self.cfg["lut_bits"]))
 
     def elementwise(self, specs, j, channels, conv):
         chain = []

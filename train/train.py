@@ -39,6 +39,13 @@ def save_safetensors(tensors, path, metadata):
     os.replace(path + ".tmp", path)
 
 
+def table_bits(text):
+    """`5` or `conv1=4,conv2=5`: the model's `table_bits`."""
+    if "=" not in text:
+        return int(text)
+    return {name: int(bits) for name, bits in (part.split("=") for part in text.split(","))}
+
+
 def read_idx(path):
     opener = gzip.open if path.endswith(".gz") else open
     with opener(path, "rb") as f:
@@ -89,7 +96,8 @@ def main():
     p.add_argument("--input-bits", type=int, default=4)
     p.add_argument("--weight-bits", type=int, default=4)
     p.add_argument("--act-bits", type=int, default=4)
-    p.add_argument("--lut-bits", type=int, default=4)
+    p.add_argument("--lut-bits", type=table_bits, default=4,
+                   help="bits each table reads: N for every layer, or NAME=N,... per layer (others 4)")
     p.add_argument("--margin", type=float, default=0.25)
     p.add_argument("--act-clip", type=float, default=0.001, help="fraction clipped at each end of activation ranges")
     p.add_argument("--lr", type=float, default=3e-3)

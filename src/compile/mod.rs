@@ -14,7 +14,7 @@
 pub mod noise;
 mod quantize;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use rayon::prelude::*;
 
@@ -24,7 +24,7 @@ use crate::circuit::{
 };
 use crate::error::{Error, Result};
 use crate::eval::clear;
-use crate::model::{Model, Node};
+use crate::model::{Model, Node, TableBits};
 use crate::params::{FheParams, LOG2_PFAIL_LIMIT};
 use quantize::{quantize_weights, ActQuant, Chain};
 
@@ -51,8 +51,16 @@ pub struct CompileOptions {
 /// Options with every default resolved against the model.
 struct Resolved {
     margin: Option<f64>,
+    /// Table width of the layers `layer_lut_bits` does not name.
     lut_bits: u32,
+    layer_lut_bits: BTreeMap<String, u32>,
     act_clip: f64,
+}
+
+impl Resolved {
+    fn lut_bits_of(&self, layer: &str) -> u32 {
+        self.layer_lut_bits.get(layer).copied().unwrap_or(self.lut_bits)
+    }
 }
 
 /// Range [lo, hi] every element of a tensor is known to lie in.
@@ -80,10 +88,18 @@ pub fn compile(model: &Model, calibration: &[Vec<u8>], options: &CompileOptions)
         return Err(Error::Compile("no calibration images".into()));
     }
     let arch = &model.arch;
-    let q = arch.quantization;
+    let q = &arch.quantization;
     let options = &Resolved {
         margin: (!options.worst_case).then(|| options.margin.or(q.window_margin).unwrap_or(DEFAULT_MARGIN)),
-        lut_bits: options.lut_bits.or(q.table_bits).unwrap_or(DIRECT_TABLE_BITS),
+        lut_bits: match (options.lut_bits, &q.table_bits) {
+            (Some(bits), _) => bits,
+            (None, Some(TableBits::All(bits))) => *bits,
+            _ => DIRECT_TABLE_BITS,
+        },
+        layer_lut_bits: match (options.lut_bits, &q.table_bits) {
+            (None, Some(TableBits::PerLayer(bits))) => bits.clone(),
+            _ => BTreeMap::new(),
+        },
         act_clip: options.act_clip.or(q.activation_clip).unwrap_or(DEFAULT_ACT_CLIP),
     };
     if !(0.0..0.5).contains(&options.act_clip) {
@@ -95,11 +111,12 @@ pub fn compile(model: &Model, calibration: &[Vec<u8>], options: &CompileOptions)
     if options.margin.is_some_and(|m| !(0.0..=4.0).contains(&m)) {
         return Err(Error::Compile("the window margin must be between 0 and 4".into()));
     }
-    if !(1..=MAX_FHE_TABLE_BITS).contains(&options.lut_bits) {
-        return Err(Error::Compile(format!(
-            "table input of {} bits is not supported (1..={MAX_FHE_TABLE_BITS})",
-            options.lut_bits
-        )));
+    for bits in options.layer_lut_bits.values().chain([&options.lut_bits]) {
+        if !(1..=MAX_FHE_TABLE_BITS).contains(bits) {
+            return Err(Error::Compile(format!(
+                "table input of {bits} bits is not supported (1..={MAX_FHE_TABLE_BITS})"
+            )));
+        }
     }
     let shape = Shape {
         channels: arch.input[0],
@@ -147,6 +164,23 @@ pub fn compile(model: &Model, calibration: &[Vec<u8>], options: &CompileOptions)
             layers_output_len(&layers)
         )));
     }
+    if let Some(name) = options.layer_lut_bits.keys().find(|name| {
+        !layers
+            .iter()
+            .any(|l| matches!(l, Layer::Requant(r) if &r.name == *name))
+    }) {
+        return Err(Error::Compile(format!(
+            "table_bits names layer {name}, which has no table (layers with tables: {})",
+            layers
+                .iter()
+                .filter_map(|l| match l {
+                    Layer::Requant(r) => Some(r.name.as_str()),
+                    Layer::Linear(_) => None,
+                })
+                .collect::<Vec<_>>()
+                .join(", ")
+        )));
+    }
     let mut circuit = Circuit {
         version: CIRCUIT_VERSION,
         name: arch.name.clone(),
@@ -190,7 +224,7 @@ fn referenced_names(nodes: &[Node]) -> HashSet<String> {
 impl Builder<'_> {
     /// Compile `nodes` from `state`; only the top level (`top`) may end in the output layer.
     fn nodes(&mut self, nodes: &[Node], mut state: State, top: bool) -> Result<State> {
-        let q = self.model.arch.quantization;
+        let q = &self.model.arch.quantization;
         let mut i = 0;
         while i < nodes.len() {
             let node = &nodes[i];
@@ -491,7 +525,8 @@ fn requantize(
         }
         _ => (worst, worst_needs, worst_bits),
     };
-    let acc_bits = acc_bits.max(options.lut_bits);
+    let lut_bits = options.lut_bits_of(&layer.name);
+    let acc_bits = acc_bits.max(lut_bits);
     if acc_bits > 40 {
         return Err(Error::Compile(format!(
             "layer {}: accumulator needs {acc_bits} bits (worst case {worst_bits}); at most 40 are supported",
@@ -535,7 +570,7 @@ fn requantize(
         .iter()
         .map(|b| (1i64 << (acc_bits - 1)) - (b.lo + b.hi + 1).div_euclid(2))
         .collect();
-    let shift = acc_bits - options.lut_bits;
+    let shift = acc_bits - lut_bits;
     // Activation quantization from the float values the calibration accumulators stand for.
     let float_of = |c: usize, acc: f64| chain.apply(c, lin.weight_scale[c] * (acc - lin.zero_term[c]) + lin.bias[c]);
     let mut ys: Vec<f64> = accs
@@ -552,7 +587,7 @@ fn requantize(
     let act = ActQuant::from_range(ys[k], ys[ys.len() - 1 - k], act_bits);
     let tables = (0..shape.channels)
         .map(|c| {
-            (0..1i64 << options.lut_bits)
+            (0..1i64 << lut_bits)
                 .map(|t| {
                     // Centre of the bin of accumulator values that index t.
                     let centre = (t << shift) as f64 + ((1i64 << shift) - 1) as f64 / 2.0 - layer.offsets[c] as f64;
@@ -565,7 +600,7 @@ fn requantize(
         name: layer.name.clone(),
         shape,
         acc_bits,
-        lut_bits: options.lut_bits,
+        lut_bits,
         tables,
         output_encoding_bits: 0,
         output_bits: act_bits,

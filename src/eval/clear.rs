@@ -136,7 +136,10 @@ mod tests {
             tables: vec![table],
             output_encoding_bits: 6,
             output_bits: 4,
-            steps: vec![crate::circuit::TruncStep { bits: 2, precise: false }],
+            steps: vec![crate::circuit::TruncStep {
+                bits: 2,
+                precise: false,
+            }],
         };
         // s = 2: 0 -> t 0; 127 -> t 31; 128 -> t 32 = 0 (wrapped, no sign); -1 -> t 63 = 31.
         assert_eq!(requant(&layer, &[0, 127, 128, -1, 70]), vec![-10, 21, -10, 21, 7]);

@@ -61,7 +61,7 @@ pub fn parse_model(bytes: &[u8]) -> Result<Model> {
 }
 
 fn check_quantization(arch: &Architecture) -> Result<()> {
-    let q = arch.quantization;
+    let q = &arch.quantization;
     let ok = |b: u32| (2..=8).contains(&b);
     if !ok(q.input_bits) || !ok(q.weight_bits) || !ok(q.activation_bits) {
         return Err(Error::Model(format!(

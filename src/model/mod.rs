@@ -4,6 +4,8 @@ mod load;
 
 pub use load::{load_model, parse_model};
 
+use std::collections::BTreeMap;
+
 use serde::Deserialize;
 
 /// Architecture description stored as JSON in the safetensors metadata (docs/model-format.md).
@@ -18,8 +20,16 @@ pub struct Architecture {
     pub layers: Vec<LayerSpec>,
 }
 
+/// Bits each table reads: one width for every layer, or widths by layer name (others 4).
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(untagged)]
+pub enum TableBits {
+    All(u32),
+    PerLayer(BTreeMap<String, u32>),
+}
+
 /// Bit widths the model was trained for.
-#[derive(Clone, Copy, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Quantization {
     pub input_bits: u32,
@@ -31,9 +41,9 @@ pub struct Quantization {
     /// Fraction of activations clipped at each end the model was trained with (default 0.001).
     #[serde(default)]
     pub activation_clip: Option<f64>,
-    /// Bits read by each table the model was trained with (compile default 4).
+    /// Bits read by the tables the model was trained with (compile default 4).
     #[serde(default)]
-    pub table_bits: Option<u32>,
+    pub table_bits: Option<TableBits>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
