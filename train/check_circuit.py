@@ -23,22 +23,7 @@ import torch
 
 from architectures import conv, fashion_mnist_model, pkn_bn, quantization
 from pknq import QNet
-from train import DATA, HERE, read_idx, save_safetensors
-
-
-def read_safetensors(path):
-    with open(path, "rb") as f:
-        data = f.read()
-    n = int.from_bytes(data[:8], "little")
-    header = json.loads(data[8:8 + n])
-    meta = header.pop("__metadata__")
-    tensors = {}
-    for name, t in header.items():
-        lo, hi = t["data_offsets"]
-        dtype = {"F32": np.float32, "F64": np.float64}[t["dtype"]]
-        values = np.frombuffer(data[8 + n + lo:8 + n + hi], dtype=dtype).reshape(t["shape"])
-        tensors[name] = torch.tensor(values.astype(np.float64))
-    return meta, tensors
+from train import DATA, HERE, read_idx, read_safetensors, save_safetensors
 
 
 def write_png(path, pixels):
@@ -94,14 +79,7 @@ def load_qnet(path):
     net = QNet(arch, margin=q.get("window_margin") or 0.25, act_clip=q.get("activation_clip", 0.001),
                lut_bits=q.get("table_bits", 4))
     net = net.double()
-    for name, m in net.names.items():
-        own = {k: v for k, v in m.state_dict().items() if k != "num_batches_tracked"}
-        for k in own:
-            if f"{name}.{k}" in tensors:
-                own[k] = tensors[f"{name}.{k}"]
-            elif k == "bias":
-                own[k] = torch.zeros_like(own[k])
-        m.load_state_dict(own, strict=False)
+    net.load_pkn_tensors(tensors)
     return net
 
 

@@ -414,6 +414,17 @@ class QNet(nn.Module):
                 if isinstance(m, nn.modules.batchnorm._BatchNorm):
                     m.eval() if frozen else m.train()
 
+    def load_pkn_tensors(self, tensors):
+        """The inverse of state_dict_for_pkn (a missing bias is zero)."""
+        for name, m in self.names.items():
+            own = {k: v for k, v in m.state_dict().items() if k != "num_batches_tracked"}
+            for k in own:
+                if f"{name}.{k}" in tensors:
+                    own[k] = tensors[f"{name}.{k}"].to(own[k].dtype)
+                elif k == "bias":
+                    own[k] = torch.zeros_like(own[k])
+            m.load_state_dict(own, strict=False)
+
     def state_dict_for_pkn(self):
         out = {}
         for name, m in self.names.items():

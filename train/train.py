@@ -46,6 +46,22 @@ def table_bits(text):
     return {name: int(bits) for name, bits in (part.split("=") for part in text.split(","))}
 
 
+def read_safetensors(path):
+    """(metadata, float64 tensors) of a safetensors file written by save_safetensors."""
+    with open(path, "rb") as f:
+        data = f.read()
+    n = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8:8 + n])
+    meta = header.pop("__metadata__")
+    tensors = {}
+    for name, t in header.items():
+        lo, hi = t["data_offsets"]
+        dtype = {"F32": np.float32, "F64": np.float64}[t["dtype"]]
+        values = np.frombuffer(data[8 + n + lo:8 + n + hi], dtype=dtype).reshape(t["shape"])
+        tensors[name] = torch.tensor(values.astype(np.float64))
+    return meta, tensors
+
+
 def read_idx(path):
     opener = gzip.open if path.endswith(".gz") else open
     with opener(path, "rb") as f:
@@ -90,6 +106,8 @@ def main():
     p = argparse.ArgumentParser()
     p.add_argument("model", choices=sorted(ZOO))
     p.add_argument("--float-epochs", type=int, default=0, help="plain float epochs before the circuit is in the loop")
+    p.add_argument("--init", help="start from this model's tensors (for example a --save-float file)")
+    p.add_argument("--save-float", help="write the model here after the float epochs")
     p.add_argument("--float-lr", type=float, default=None, help="learning rate of the float epochs (default --lr)")
     p.add_argument("--epochs", type=int, default=12, help="phase 1 epochs (moving-average windows)")
     p.add_argument("--finetune", type=int, default=4, help="phase 2 epochs (calibrated, frozen windows)")
@@ -116,11 +134,16 @@ def main():
     calib = torch.from_numpy(read_idx(os.path.join(HERE, "..", "weights", "calibration-images.idx")).copy())
 
     model = QNet(arch, margin=a.margin, lut_bits=a.lut_bits, act_clip=a.act_clip)
+    if a.init:
+        model.load_pkn_tensors(read_safetensors(a.init)[1])
     model.set_float(True)
     for epoch in range(a.float_epochs):
         run_epochs(model, xtr, ytr, 1, (a.float_lr or a.lr) * 0.5 * (1 + np.cos(np.pi * epoch / a.float_epochs)), frozen=False)
         print(f"float epoch {epoch + 1}: test accuracy (float network) {accuracy(model, xte, yte):.4f}", flush=True)
     model.set_float(False)
+    meta = {"format": "pkn-model", "version": "1", "architecture": json.dumps(arch)}
+    if a.save_float:
+        save_safetensors(model.state_dict_for_pkn(), a.save_float, meta)
     for epoch in range(a.epochs):
         run_epochs(model, xtr, ytr, 1, a.lr * 0.5 * (1 + np.cos(np.pi * epoch / a.epochs)), frozen=False)
         print(f"phase 1 epoch {epoch + 1}: test accuracy (moving windows) {accuracy(model, xte, yte):.4f}", flush=True)
@@ -134,7 +157,6 @@ def main():
     print(f"integer-circuit test accuracy (emulated, what pkn eval reports): {acc:.4f}", flush=True)
 
     out = a.out or os.path.join(HERE, "..", "weights", f"{a.model}.safetensors")
-    meta = {"format": "pkn-model", "version": "1", "architecture": json.dumps(arch)}
     save_safetensors(model.state_dict_for_pkn(), out, meta)
     print(f"wrote {out}")
 

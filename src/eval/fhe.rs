@@ -3,8 +3,9 @@
 //! Linear layers are leveled integer sums of ciphertexts. A [`Requant`] first removes the low
 //! `s` bits of each accumulator, lowest first, by exact steps (DESIGN 4b): a single bit costs one
 //! sign bootstrap, a digit of 2 to 4 bits costs a sign bootstrap that clears the bit above it and a
-//! table that returns it; then it bootstraps the remaining W bits through the channel's table. All bootstraps
-//! of a layer run in one rayon batch.
+//! table that returns it; then it bootstraps the remaining W bits through the channel's table (a
+//! 5-bit table as a split table of three bootstraps, [`SplitLuts`]). All bootstraps of a layer run
+//! in one rayon batch.
 
 use indicatif::ProgressBar;
 use rayon::prelude::*;
