@@ -27,9 +27,11 @@ lint:
 	cargo fmt --all -- --check
 	cargo clippy --all-targets -- -D warnings
 
+# The cnn-pkn whole run takes about half an hour on 2 cores.
 bench:
 	cargo bench --bench fhe
-	bash benches/whole_run.sh
+	bash benches/whole_run.sh tiny-pkn
+	bash benches/whole_run.sh cnn-pkn
 
 clean:
 	rm -rf demo target

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Times whole `pkn` runs on tiny-pkn: keygen, encrypt, infer (bootstraps per second, ms per
-# bootstrap, end-to-end seconds, peak memory), decrypt; prints key and ciphertext sizes.
+# Times whole `pkn` runs on a model (default tiny-pkn): keygen, encrypt, infer (bootstraps per
+# second, ms per bootstrap, per-layer seconds next to the cost model's estimate, end-to-end
+# seconds, peak memory), decrypt; prints key and ciphertext sizes.
 # Usage: bash benches/whole_run.sh [model]   (run from the repository root; not part of CI)
 set -euo pipefail
 model=${1:-tiny-pkn}
