@@ -89,17 +89,15 @@ pub fn compile(model: &Model, calibration: &[Vec<u8>], options: &CompileOptions)
     }
     let arch = &model.arch;
     let q = &arch.quantization;
+    let (lut_bits, layer_lut_bits) = match (options.lut_bits, &q.table_bits) {
+        (Some(bits), _) | (None, &Some(TableBits::All(bits))) => (bits, BTreeMap::new()),
+        (None, Some(TableBits::PerLayer(bits))) => (DIRECT_TABLE_BITS, bits.clone()),
+        (None, None) => (DIRECT_TABLE_BITS, BTreeMap::new()),
+    };
     let options = &Resolved {
         margin: (!options.worst_case).then(|| options.margin.or(q.window_margin).unwrap_or(DEFAULT_MARGIN)),
-        lut_bits: match (options.lut_bits, &q.table_bits) {
-            (Some(bits), _) => bits,
-            (None, Some(TableBits::All(bits))) => *bits,
-            _ => DIRECT_TABLE_BITS,
-        },
-        layer_lut_bits: match (options.lut_bits, &q.table_bits) {
-            (None, Some(TableBits::PerLayer(bits))) => bits.clone(),
-            _ => BTreeMap::new(),
-        },
+        lut_bits,
+        layer_lut_bits,
         act_clip: options.act_clip.or(q.activation_clip).unwrap_or(DEFAULT_ACT_CLIP),
     };
     if !(0.0..0.5).contains(&options.act_clip) {
