@@ -216,14 +216,14 @@ fn write_png(path: &Path, w: usize, h: usize) {
     pkn::io::image::save_gray_png(path, &vec![128u8; w * h], w, h).unwrap();
 }
 
-/// Writes tiny-pkn to `path` with `table_bits` set to `bits` in its quantization.
-fn tiny_with_table_bits(path: &Path, bits: serde_json::Value) {
+/// Writes tiny-pkn to `path` with `setting` set to `bits` in its quantization.
+fn tiny_with_widths(path: &Path, setting: &str, bits: serde_json::Value) {
     let bytes = std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("weights/tiny-pkn.safetensors")).unwrap();
     let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
     let mut header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
     let arch = &mut header["__metadata__"]["architecture"];
     let mut parsed: serde_json::Value = serde_json::from_str(arch.as_str().unwrap()).unwrap();
-    parsed["quantization"]["table_bits"] = bits;
+    parsed["quantization"][setting] = bits;
     *arch = serde_json::Value::String(parsed.to_string());
     let header = serde_json::to_vec(&header).unwrap();
     let mut out = (header.len() as u64).to_le_bytes().to_vec();
@@ -236,7 +236,11 @@ fn tiny_with_table_bits(path: &Path, bits: serde_json::Value) {
 fn table_widths_per_layer_come_from_the_model() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    tiny_with_table_bits(&d.join("mixed.safetensors"), serde_json::json!({"conv2": 5}));
+    tiny_with_widths(
+        &d.join("mixed.safetensors"),
+        "table_bits",
+        serde_json::json!({"conv2": 5}),
+    );
     let out = ok(d, &["inspect", "--model", "mixed.safetensors"]);
     let widths: Vec<(String, String)> = out
         .lines()
@@ -260,16 +264,83 @@ fn table_widths_per_layer_come_from_the_model() {
         2,
         "{out}"
     );
-    tiny_with_table_bits(&d.join("typo.safetensors"), serde_json::json!({"conv9": 5}));
+    tiny_with_widths(
+        &d.join("typo.safetensors"),
+        "table_bits",
+        serde_json::json!({"conv9": 5}),
+    );
     fails(
         d,
         &["inspect", "--model", "typo.safetensors"],
         "table_bits names layer conv9, which has no table (layers with tables: conv1, conv2)",
     );
-    tiny_with_table_bits(&d.join("wide.safetensors"), serde_json::json!(6));
+    tiny_with_widths(&d.join("wide.safetensors"), "table_bits", serde_json::json!(6));
     fails(
         d,
         &["inspect", "--model", "wide.safetensors"],
         "table input of 6 bits is not supported (1..=5)",
+    );
+}
+
+/// Accumulator width B of each table layer, as `pkn inspect` prints it.
+fn window_bits(inspect: &str) -> Vec<u32> {
+    inspect
+        .lines()
+        .filter(|l| l.contains("truncate"))
+        .map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f[f.len() - 5].parse().unwrap()
+        })
+        .collect()
+}
+
+#[test]
+fn weight_and_activation_widths_per_layer_come_from_the_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let plain = window_bits(&ok(d, &["inspect", "--model", "tiny-pkn"]));
+    // Wider weights widen that layer's accumulators only.
+    tiny_with_widths(
+        &d.join("w6.safetensors"),
+        "weight_bits",
+        serde_json::json!({"conv1": 6}),
+    );
+    let out = ok(d, &["inspect", "--model", "w6.safetensors"]);
+    let wide = window_bits(&out);
+    assert!(wide[0] > plain[0] && wide[1] == plain[1], "{out}");
+    // Narrower activations narrow the accumulators of the layer that reads them.
+    tiny_with_widths(
+        &d.join("a3.safetensors"),
+        "activation_bits",
+        serde_json::json!({"conv1": 3}),
+    );
+    let out = ok(d, &["inspect", "--model", "a3.safetensors"]);
+    let narrow = window_bits(&out);
+    assert!(narrow[0] == plain[0] && narrow[1] < plain[1], "{out}");
+    tiny_with_widths(
+        &d.join("typo.safetensors"),
+        "weight_bits",
+        serde_json::json!({"act1": 5}),
+    );
+    fails(
+        d,
+        &["inspect", "--model", "typo.safetensors"],
+        "weight_bits names layer act1, which has no weights (layers with weights: conv1, conv2, fc)",
+    );
+    tiny_with_widths(&d.join("fc8.safetensors"), "weight_bits", serde_json::json!({"fc": 8}));
+    fails(
+        d,
+        &["keygen", "--model", "fc8.safetensors"],
+        "decrypting the 18-bit scores of the output layer reaches p-fail",
+    );
+    tiny_with_widths(
+        &d.join("nine.safetensors"),
+        "activation_bits",
+        serde_json::json!({"conv1": 9}),
+    );
+    fails(
+        d,
+        &["inspect", "--model", "nine.safetensors"],
+        "quantization bit widths must be 2..=8",
     );
 }

@@ -20,6 +20,13 @@ import torch.nn.functional as F
 
 # Widest table one bootstrap reads (src/circuit.rs DIRECT_TABLE_BITS); 5 bits is a split table.
 DIRECT_TABLE_BITS = 4
+# Width of a layer a per-layer width map does not name (src/model/mod.rs DEFAULT_WIDTH).
+DEFAULT_WIDTH = 4
+
+
+def layer_width(setting, name):
+    """A quantization width: one number for every layer, or a dict by layer name (others 4)."""
+    return setting.get(name, DEFAULT_WIDTH) if isinstance(setting, dict) else setting
 
 
 def round_away(x):
@@ -297,17 +304,15 @@ class QNet(nn.Module):
     """pkn's architecture list as QLinear / SumPool stages, residual adds included, compiled in the
     compiler's order (a shortcut's layers before the layer that adds it)."""
 
-    def __init__(self, arch, margin=0.25, lut_bits=4, act_clip=0.001):
-        """`lut_bits`: one table width for every layer, or a dict of widths by layer name (others 4),
-        like the model's `table_bits`."""
+    def __init__(self, arch, margin=0.25, act_clip=0.001):
+        """Bit widths come from the architecture's `quantization` (docs/model-format.md)."""
         super().__init__()
         self.arch = arch
-        self.layer_lut_bits = lut_bits if isinstance(lut_bits, dict) else {}
         q = arch["quantization"]
         self.input_bits = q["input_bits"]
-        self.cfg = dict(weight_bits=q["weight_bits"], act_bits=q["activation_bits"],
-                        lut_bits=DIRECT_TABLE_BITS if isinstance(lut_bits, dict) else lut_bits,
-                        margin=margin, act_clip=act_clip)
+        self.widths = dict(weight_bits=q["weight_bits"], act_bits=q["activation_bits"],
+                           lut_bits=q.get("table_bits", DEFAULT_WIDTH))
+        self.cfg = dict(margin=margin, act_clip=act_clip)
         self.names = {}
         self.qlinears = nn.ModuleList()  # every QLinear in compile (and calibration) order
         self.referenced = set(referenced_names(arch["layers"]))
@@ -357,7 +362,7 @@ class QNet(nn.Module):
         return plan
 
     def layer_cfg(self, name):
-        return dict(self.cfg, lut_bits=self.layer_lut_bits.get(name, self.cfg["lut_bits"]))
+        return dict(self.cfg, **{key: layer_width(w, name) for key, w in self.widths.items()})
 
     def elementwise(self, specs, j, channels, conv):
         chain = []

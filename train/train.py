@@ -39,8 +39,8 @@ def save_safetensors(tensors, path, metadata):
     os.replace(path + ".tmp", path)
 
 
-def table_bits(text):
-    """`5` or `conv1=4,conv2=5`: the model's `table_bits`."""
+def widths(text):
+    """`5` or `conv1=4,conv2=5`: a quantization width for every layer, or by layer (others 4)."""
     if "=" not in text:
         return int(text)
     return {name: int(bits) for name, bits in (part.split("=") for part in text.split(","))}
@@ -85,7 +85,20 @@ def logits(model, x):
     return out.reshape(out.shape[0], -1)
 
 
-def run_epochs(model, xtr, ytr, epochs, lr, frozen, batch=128):
+def augment(images_u8, shift=2):
+    """Random horizontal flips and translations by up to `shift` pixels (zero fill): pixels stay
+    integers in 0..255, so the quantized input is still exactly what the client encrypts."""
+    n, h, w = images_u8.shape
+    flip = torch.rand(n) < 0.5
+    images_u8 = torch.where(flip[:, None, None], images_u8.flip(2), images_u8)
+    padded = torch.nn.functional.pad(images_u8, (shift, shift, shift, shift))
+    dy, dx = torch.randint(0, 2 * shift + 1, (2, n))
+    rows = (dy[:, None] + torch.arange(h))[:, :, None]
+    cols = (dx[:, None] + torch.arange(w))[:, None, :]
+    return padded[torch.arange(n)[:, None, None], rows, cols]
+
+
+def run_epochs(model, xtr, ytr, epochs, lr, frozen, batch=128, augmented=False):
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(epochs, 1))
     for _ in range(epochs):
@@ -94,7 +107,8 @@ def run_epochs(model, xtr, ytr, epochs, lr, frozen, batch=128):
         perm = torch.randperm(len(xtr))
         for i in range(0, len(xtr), batch):
             idx = perm[i:i + batch]
-            loss = F.cross_entropy(logits(model, xtr[idx]), ytr[idx])
+            x = augment(xtr[idx]) if augmented else xtr[idx]
+            loss = F.cross_entropy(logits(model, x), ytr[idx])
             opt.zero_grad()
             loss.backward()
             nn.utils.clip_grad_norm_(model.parameters(), 1.0)  # PKN training is prone to blow-ups
@@ -112,13 +126,15 @@ def main():
     p.add_argument("--epochs", type=int, default=12, help="phase 1 epochs (moving-average windows)")
     p.add_argument("--finetune", type=int, default=4, help="phase 2 epochs (calibrated, frozen windows)")
     p.add_argument("--input-bits", type=int, default=4)
-    p.add_argument("--weight-bits", type=int, default=4)
-    p.add_argument("--act-bits", type=int, default=4)
-    p.add_argument("--lut-bits", type=table_bits, default=4,
+    p.add_argument("--weight-bits", type=widths, default=4, help="N, or NAME=N,... per layer (others 4)")
+    p.add_argument("--act-bits", type=widths, default=4,
+                   help="bits of each layer's output activations: N, or NAME=N,... per layer (others 4)")
+    p.add_argument("--lut-bits", type=widths, default=4,
                    help="bits each table reads: N for every layer, or NAME=N,... per layer (others 4)")
     p.add_argument("--margin", type=float, default=0.25)
     p.add_argument("--act-clip", type=float, default=0.001, help="fraction clipped at each end of activation ranges")
     p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--augment", action="store_true", help="random flips and 2-pixel shifts of the training images")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data", default=DATA)
     p.add_argument("--out", default=None)
@@ -133,23 +149,25 @@ def main():
     yte = torch.from_numpy(read_idx(find("t10k-labels-idx1-ubyte")).astype(np.int64))
     calib = torch.from_numpy(read_idx(os.path.join(HERE, "..", "weights", "calibration-images.idx")).copy())
 
-    model = QNet(arch, margin=a.margin, lut_bits=a.lut_bits, act_clip=a.act_clip)
+    model = QNet(arch, margin=a.margin, act_clip=a.act_clip)
     if a.init:
         model.load_pkn_tensors(read_safetensors(a.init)[1])
     model.set_float(True)
     for epoch in range(a.float_epochs):
-        run_epochs(model, xtr, ytr, 1, (a.float_lr or a.lr) * 0.5 * (1 + np.cos(np.pi * epoch / a.float_epochs)), frozen=False)
+        run_epochs(model, xtr, ytr, 1, (a.float_lr or a.lr) * 0.5 * (1 + np.cos(np.pi * epoch / a.float_epochs)),
+                   frozen=False, augmented=a.augment)
         print(f"float epoch {epoch + 1}: test accuracy (float network) {accuracy(model, xte, yte):.4f}", flush=True)
     model.set_float(False)
     meta = {"format": "pkn-model", "version": "1", "architecture": json.dumps(arch)}
     if a.save_float:
         save_safetensors(model.state_dict_for_pkn(), a.save_float, meta)
     for epoch in range(a.epochs):
-        run_epochs(model, xtr, ytr, 1, a.lr * 0.5 * (1 + np.cos(np.pi * epoch / a.epochs)), frozen=False)
+        run_epochs(model, xtr, ytr, 1, a.lr * 0.5 * (1 + np.cos(np.pi * epoch / a.epochs)), frozen=False,
+                   augmented=a.augment)
         print(f"phase 1 epoch {epoch + 1}: test accuracy (moving windows) {accuracy(model, xte, yte):.4f}", flush=True)
     for epoch in range(a.finetune):
         model.calibrate(calib)
-        run_epochs(model, xtr, ytr, 1, a.lr * 0.05, frozen=True)
+        run_epochs(model, xtr, ytr, 1, a.lr * 0.05, frozen=True, augmented=a.augment)
         print(f"phase 2 epoch {epoch + 1}: done", flush=True)
     model = model.double()
     model.calibrate(calib.clone())

@@ -14,7 +14,7 @@
 pub mod noise;
 mod quantize;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 
 use rayon::prelude::*;
 
@@ -24,7 +24,7 @@ use crate::circuit::{
 };
 use crate::error::{Error, Result};
 use crate::eval::clear;
-use crate::model::{Model, Node, TableBits};
+use crate::model::{Model, Node, Widths};
 use crate::params::{FheParams, LOG2_PFAIL_LIMIT};
 use quantize::{quantize_weights, ActQuant, Chain};
 
@@ -51,16 +51,9 @@ pub struct CompileOptions {
 /// Options with every default resolved against the model.
 struct Resolved {
     margin: Option<f64>,
-    /// Table width of the layers `layer_lut_bits` does not name.
-    lut_bits: u32,
-    layer_lut_bits: BTreeMap<String, u32>,
+    /// Bits each table reads.
+    table_bits: Widths,
     act_clip: f64,
-}
-
-impl Resolved {
-    fn lut_bits_of(&self, layer: &str) -> u32 {
-        self.layer_lut_bits.get(layer).copied().unwrap_or(self.lut_bits)
-    }
 }
 
 /// Range [lo, hi] every element of a tensor is known to lie in.
@@ -89,15 +82,14 @@ pub fn compile(model: &Model, calibration: &[Vec<u8>], options: &CompileOptions)
     }
     let arch = &model.arch;
     let q = &arch.quantization;
-    let (lut_bits, layer_lut_bits) = match (options.lut_bits, &q.table_bits) {
-        (Some(bits), _) | (None, &Some(TableBits::All(bits))) => (bits, BTreeMap::new()),
-        (None, Some(TableBits::PerLayer(bits))) => (DIRECT_TABLE_BITS, bits.clone()),
-        (None, None) => (DIRECT_TABLE_BITS, BTreeMap::new()),
+    let table_bits = match (options.lut_bits, &q.table_bits) {
+        (Some(bits), _) => Widths::All(bits),
+        (None, Some(bits)) => bits.clone(),
+        (None, None) => Widths::All(DIRECT_TABLE_BITS),
     };
     let options = &Resolved {
         margin: (!options.worst_case).then(|| options.margin.or(q.window_margin).unwrap_or(DEFAULT_MARGIN)),
-        lut_bits,
-        layer_lut_bits,
+        table_bits,
         act_clip: options.act_clip.or(q.activation_clip).unwrap_or(DEFAULT_ACT_CLIP),
     };
     if !(0.0..0.5).contains(&options.act_clip) {
@@ -109,8 +101,8 @@ pub fn compile(model: &Model, calibration: &[Vec<u8>], options: &CompileOptions)
     if options.margin.is_some_and(|m| !(0.0..=4.0).contains(&m)) {
         return Err(Error::Compile("the window margin must be between 0 and 4".into()));
     }
-    for bits in options.layer_lut_bits.values().chain([&options.lut_bits]) {
-        if !(1..=MAX_FHE_TABLE_BITS).contains(bits) {
+    for bits in options.table_bits.values() {
+        if !(1..=MAX_FHE_TABLE_BITS).contains(&bits) {
             return Err(Error::Compile(format!(
                 "table input of {bits} bits is not supported (1..={MAX_FHE_TABLE_BITS})"
             )));
@@ -162,23 +154,7 @@ pub fn compile(model: &Model, calibration: &[Vec<u8>], options: &CompileOptions)
             layers_output_len(&layers)
         )));
     }
-    if let Some(name) = options.layer_lut_bits.keys().find(|name| {
-        !layers
-            .iter()
-            .any(|l| matches!(l, Layer::Requant(r) if &r.name == *name))
-    }) {
-        return Err(Error::Compile(format!(
-            "table_bits names layer {name}, which has no table (layers with tables: {})",
-            layers
-                .iter()
-                .filter_map(|l| match l {
-                    Layer::Requant(r) => Some(r.name.as_str()),
-                    Layer::Linear(_) => None,
-                })
-                .collect::<Vec<_>>()
-                .join(", ")
-        )));
-    }
+    check_width_names(&layers, &q.weight_bits, &q.activation_bits, &options.table_bits)?;
     let mut circuit = Circuit {
         version: CIRCUIT_VERSION,
         name: arch.name.clone(),
@@ -194,6 +170,38 @@ pub fn compile(model: &Model, calibration: &[Vec<u8>], options: &CompileOptions)
     link_encodings(&mut circuit);
     circuit.params = choose_params(&mut circuit).ok();
     Ok(circuit)
+}
+
+/// Refuses per-layer widths that name a layer without the thing they set.
+fn check_width_names(layers: &[Layer], weights: &Widths, activations: &Widths, tables: &Widths) -> Result<()> {
+    let linear: Vec<&str> = layers
+        .iter()
+        .filter_map(|l| match l {
+            Layer::Linear(l) => Some(l.name.as_str()),
+            Layer::Requant(_) => None,
+        })
+        .collect();
+    let tabled: Vec<&str> = layers
+        .iter()
+        .filter_map(|l| match l {
+            Layer::Requant(r) => Some(r.name.as_str()),
+            Layer::Linear(_) => None,
+        })
+        .collect();
+    let settings = [
+        ("weight_bits", weights, &linear, "weights", "weights"),
+        ("activation_bits", activations, &tabled, "table", "tables"),
+        ("table_bits", tables, &tabled, "table", "tables"),
+    ];
+    for (setting, widths, known, one, many) in settings {
+        if let Some(name) = widths.named().into_iter().find(|n| !known.contains(n)) {
+            return Err(Error::Compile(format!(
+                "{setting} names layer {name}, which has no {one} (layers with {many}: {})",
+                known.join(", ")
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Tensors and layers built so far.
@@ -267,6 +275,7 @@ impl Builder<'_> {
                     let mut group = &nodes[i..i + chain_len];
                     i += chain_len;
                     let mut node = node.clone();
+                    let layer_name = node.name().unwrap_or_default().to_string();
                     let mut residual = None;
                     if let Some(Node::Add { name, from, shortcut }) = nodes.get(i) {
                         // The add happens in the accumulator: fold the affine chain before it
@@ -290,7 +299,13 @@ impl Builder<'_> {
                             .iter()
                             .any(|n| !matches!(n, Node::AvgPool { .. } | Node::Flatten));
                     let is_output = is_last && chain_len == 0 && residual.is_none();
-                    let lin = quantize_weights(&node, &state, residual.as_ref(), q.weight_bits, is_output)?;
+                    let lin = quantize_weights(
+                        &node,
+                        &state,
+                        residual.as_ref(),
+                        q.weight_bits.of(&layer_name),
+                        is_output,
+                    )?;
                     if is_output {
                         if i < nodes.len() {
                             return Err(Error::Compile(format!(
@@ -314,7 +329,7 @@ impl Builder<'_> {
                         chain,
                         &mut state,
                         residual.as_ref(),
-                        q.activation_bits,
+                        q.activation_bits.of(&layer_name),
                         self.options,
                     )?;
                     self.push(Layer::Linear(linear));
@@ -523,7 +538,7 @@ fn requantize(
         }
         _ => (worst, worst_needs, worst_bits),
     };
-    let lut_bits = options.lut_bits_of(&layer.name);
+    let lut_bits = options.table_bits.of(&layer.name);
     let acc_bits = acc_bits.max(lut_bits);
     if acc_bits > 40 {
         return Err(Error::Compile(format!(
@@ -697,6 +712,14 @@ pub fn choose_params(circuit: &mut Circuit) -> Result<FheParams> {
     let best_failure = all.into_iter().last().map(|c| c.report);
     let report = best_failure.expect("there is at least one candidate");
     let worst = report.worst();
+    if report.output_log2_pfail >= worst.log2_pfail {
+        return Err(Error::Compile(format!(
+            "no parameter set runs this circuit exactly: decrypting the {}-bit scores of the output layer \
+             reaches p-fail 2^{:.1} > 2^{LOG2_PFAIL_LIMIT} even with the most precise bootstrap; \
+             use fewer weight bits in the output layer or fewer activation bits in the layer before it",
+            circuit.output.bits, report.output_log2_pfail
+        )));
+    }
     Err(Error::Compile(format!(
         "no parameter set runs this circuit exactly: layer {} ({} accumulator bits, {} read by the table) \
          reaches p-fail 2^{:.1} > 2^{LOG2_PFAIL_LIMIT} even with the most precise bootstrap; \

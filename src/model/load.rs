@@ -63,7 +63,11 @@ pub fn parse_model(bytes: &[u8]) -> Result<Model> {
 fn check_quantization(arch: &Architecture) -> Result<()> {
     let q = &arch.quantization;
     let ok = |b: u32| (2..=8).contains(&b);
-    if !ok(q.input_bits) || !ok(q.weight_bits) || !ok(q.activation_bits) {
+    let widths = [q.input_bits]
+        .into_iter()
+        .chain(q.weight_bits.values())
+        .chain(q.activation_bits.values());
+    if !widths.into_iter().all(ok) {
         return Err(Error::Model(format!(
             "quantization bit widths must be 2..=8, got {q:?}"
         )));

@@ -20,12 +20,41 @@ pub struct Architecture {
     pub layers: Vec<LayerSpec>,
 }
 
-/// Bits each table reads: one width for every layer, or widths by layer name (others 4).
+/// Width of every layer a per-layer map of widths does not name.
+pub const DEFAULT_WIDTH: u32 = 4;
+
+/// A bit width: one for every layer, or widths by layer name (the others `DEFAULT_WIDTH`).
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(untagged)]
-pub enum TableBits {
+pub enum Widths {
     All(u32),
     PerLayer(BTreeMap<String, u32>),
+}
+
+impl Widths {
+    /// The width of one layer.
+    pub fn of(&self, layer: &str) -> u32 {
+        match self {
+            Widths::All(bits) => *bits,
+            Widths::PerLayer(bits) => bits.get(layer).copied().unwrap_or(DEFAULT_WIDTH),
+        }
+    }
+
+    /// Every width some layer may get.
+    pub fn values(&self) -> Vec<u32> {
+        match self {
+            Widths::All(bits) => vec![*bits],
+            Widths::PerLayer(bits) => bits.values().copied().chain([DEFAULT_WIDTH]).collect(),
+        }
+    }
+
+    /// The layers a map names (none for one width).
+    pub fn named(&self) -> Vec<&str> {
+        match self {
+            Widths::All(_) => Vec::new(),
+            Widths::PerLayer(bits) => bits.keys().map(String::as_str).collect(),
+        }
+    }
 }
 
 /// Bit widths the model was trained for.
@@ -33,8 +62,10 @@ pub enum TableBits {
 #[serde(deny_unknown_fields)]
 pub struct Quantization {
     pub input_bits: u32,
-    pub weight_bits: u32,
-    pub activation_bits: u32,
+    /// Bits of each linear layer's weights.
+    pub weight_bits: Widths,
+    /// Bits of each table's output (the activations the next layer reads).
+    pub activation_bits: Widths,
     /// Margin on calibrated accumulator ranges the model was trained with (compile default 0.25).
     #[serde(default)]
     pub window_margin: Option<f64>,
@@ -43,7 +74,7 @@ pub struct Quantization {
     pub activation_clip: Option<f64>,
     /// Bits read by the tables the model was trained with (compile default 4).
     #[serde(default)]
-    pub table_bits: Option<TableBits>,
+    pub table_bits: Option<Widths>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
