@@ -38,6 +38,25 @@ fn benches(c: &mut Criterion) {
             })
         });
     }
+    // A 5-bit split table (three bootstraps), on conv1 of tiny-pkn compiled with 5-bit tables.
+    let wide = compile_model(
+        &resolve_model("tiny-pkn").unwrap(),
+        &CompileOptions {
+            lut_bits: Some(5),
+            ..CompileOptions::default()
+        },
+    )
+    .unwrap();
+    if let Some(Layer::Requant(r)) = wide.layers.iter().find(|l| matches!(l, Layer::Requant(_))) {
+        let luts = fhe::LayerLuts::new(&params, r);
+        let split = luts.split.as_ref().expect("5-bit tables are split");
+        let held = client.encrypt(&[21], 5).par_decompress_into_lwe_ciphertext_list();
+        let held = held.get(0).as_ref().to_vec();
+        let mut out = vec![0u64; held.len()];
+        group.bench_function("5-bit split table (3 PBS, 2 KS, 1 thread)", |b| {
+            b.iter(|| engine.split_lookup(&mut scratch, &held, split, 0, &mut out))
+        });
+    }
     group.finish();
 
     let pixels = load_gray_png(

@@ -91,6 +91,11 @@ impl SplitLuts {
     /// centred in its slot.
     pub fn sign_input(&self, ct: &[u64], input: &mut [u64]) {
         self.signed_input(ct, input);
+        self.centre_for_sign(input);
+    }
+
+    /// Turns the signed half's input into the sign bootstrap's (any LWE dimension: only the body moves).
+    pub fn centre_for_sign(&self, input: &mut [u64]) {
         let body = input.len() - 1;
         input[body] = input[body].wrapping_add(1u64 << (63 - self.bits));
     }
@@ -158,6 +163,11 @@ impl<'k> Engine<'k> {
     /// `which`, and sample extraction into `scratch.extracted`.
     fn bootstrap_shifted(&self, scratch: &mut Scratch, lut: &GlweCiphertextOwned<u64>, which: Bootstrap) {
         keyswitch_lwe_ciphertext(&self.key.keyswitch_key, &scratch.shifted, &mut scratch.small);
+        self.bootstrap_small(scratch, lut, which);
+    }
+
+    /// [`Engine::bootstrap_shifted`] of the ciphertext already keyswitched into `scratch.small`.
+    fn bootstrap_small(&self, scratch: &mut Scratch, lut: &GlweCiphertextOwned<u64>, which: Bootstrap) {
         let log_modulus = CiphertextModulusLog(self.key.params.log2_modswitch_modulus());
         let switched =
             lwe_ciphertext_centered_binary_modulus_switch::<u64, usize, _>(scratch.small.as_view(), log_modulus);
@@ -205,12 +215,15 @@ impl<'k> Engine<'k> {
 
     /// A split table of channel `channel` on a ciphertext holding W bits, into `out`: the signed
     /// half from the doubled ciphertext, plus the low half once the sign bootstrap cleared bit W - 1.
+    /// The sign bootstrap reads the doubled ciphertext plus a constant, so it reuses the signed
+    /// half's keyswitch (a keyswitch is linear and leaves the body's constant as it is).
     pub fn split_lookup(&self, scratch: &mut Scratch, ct: &[u64], split: &SplitLuts, channel: usize, out: &mut [u64]) {
         split.signed_input(ct, scratch.shifted.as_mut());
         self.bootstrap_shifted(scratch, &split.signed[channel], Bootstrap::Precise);
         out.copy_from_slice(scratch.extracted.as_ref());
-        split.sign_input(ct, scratch.shifted.as_mut());
-        self.bootstrap_shifted(scratch, split.sign_table(), Bootstrap::Cheap);
+        split.centre_for_sign(scratch.shifted.as_mut());
+        split.centre_for_sign(scratch.small.as_mut());
+        self.bootstrap_small(scratch, split.sign_table(), Bootstrap::Cheap);
         let Scratch { shifted, extracted, .. } = &mut *scratch;
         split.low_input(shifted.as_mut(), extracted.as_ref());
         self.bootstrap_shifted(scratch, &split.low[channel], Bootstrap::Precise);
