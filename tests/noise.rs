@@ -2,12 +2,11 @@
 //! bootstrap outputs (decrypted phases, with the client key) must match tfhe's formulas that the
 //! compiler uses.
 
+mod common;
+
 use pkn::circuit::{Circuit, Layer, TruncStep};
-use pkn::cli::compile_model;
-use pkn::compile::CompileOptions;
 use pkn::eval::clear;
 use pkn::eval::fhe::{self, Ciphertexts, Engine, State};
-use pkn::io::{image::load_gray_png, resolve::resolve_model};
 use pkn::keys::{encode, ClientKey};
 use pkn::params::{Bootstrap, FheParams};
 use rayon::prelude::*;
@@ -22,7 +21,13 @@ fn observed_variance(errors: &[u64]) -> f64 {
 
 #[test]
 fn bootstrap_output_variance_matches_the_compilers_prediction() {
-    let params = FheParams::stock_2_2_with_pbs(12, 3);
+    // A middle decomposition and the finest candidate, whose formula the tightest circuits trust.
+    for (base_log, level) in [(12, 3), (8, 5)] {
+        check_bootstrap_output_variance(FheParams::stock_2_2_with_pbs(base_log, level));
+    }
+}
+
+fn check_bootstrap_output_variance(params: FheParams) {
     let (client, server) = ClientKey::generate(params);
     let key = server.expand();
     let engine = Engine::new(&key);
@@ -70,14 +75,16 @@ fn bootstrap_output_variance_matches_the_compilers_prediction() {
         let predicted = params.pbs_output_variance(which);
         let ratio = observed / predicted;
         println!(
-            "{name} bootstrap output: observed std 2^{:.2}, predicted 2^{:.2}, variance ratio {ratio:.2}",
+            "{} {name} bootstrap output: observed std 2^{:.2}, predicted 2^{:.2}, variance ratio {ratio:.2}",
+            params.name(),
             observed.log2() / 2.0,
             predicted.log2() / 2.0
         );
         // 256 samples estimate a variance within about 10 %; the model must be right within 2x.
         assert!(
             (0.5..2.0).contains(&ratio),
-            "{name}: observed/predicted variance {ratio}"
+            "{} {name}: observed/predicted variance {ratio}",
+            params.name()
         );
     }
 }
@@ -121,14 +128,11 @@ fn linear_noise_ratio(
 /// weights times the input variance) that the compiler's 2^-64 proof uses.
 #[test]
 fn table_layer_inputs_of_tiny_pkn_carry_the_predicted_noise() {
-    let circuit = compile_model(&resolve_model("tiny-pkn").unwrap(), &CompileOptions::default()).unwrap();
+    let (circuit, client, server) = common::tiny_pkn_with_keys();
     let params = circuit.fhe_params().unwrap();
-    let (client, server) = ClientKey::generate(params);
     let key = server.expand();
     let engine = Engine::new(&key);
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("samples/test-2-trouser.png");
-    let pixels = load_gray_png(&path, 28, 28).unwrap();
-    let input = clear::quantize_pixels(&pixels, circuit.input.bits);
+    let input = common::sample_input(&circuit, "test-2-trouser.png");
     let cts = client
         .encrypt(&input, circuit.input.encoding_bits)
         .par_decompress_into_lwe_ciphertext_list();

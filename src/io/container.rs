@@ -44,7 +44,7 @@ impl Kind {
     }
 
     /// Largest payload of this kind read, refused before the file is read into memory: well
-    /// above the largest legitimate one (server key: about 150 MB with the 2^10 x 4 bootstrap
+    /// above the largest legitimate one (server key: about 180 MB with the 2^8 x 5 bootstrap
     /// key; checkpoint: 16 KB per value of the widest layer).
     pub fn max_payload(self) -> u64 {
         match self {
