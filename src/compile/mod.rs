@@ -174,20 +174,17 @@ pub fn compile(model: &Model, calibration: &[Vec<u8>], options: &CompileOptions)
 
 /// Refuses per-layer widths that name a layer without the thing they set.
 fn check_width_names(layers: &[Layer], weights: &Widths, activations: &Widths, tables: &Widths) -> Result<()> {
-    let linear: Vec<&str> = layers
-        .iter()
-        .filter_map(|l| match l {
-            Layer::Linear(l) => Some(l.name.as_str()),
-            Layer::Requant(_) => None,
-        })
-        .collect();
-    let tabled: Vec<&str> = layers
-        .iter()
-        .filter_map(|l| match l {
-            Layer::Requant(r) => Some(r.name.as_str()),
-            Layer::Linear(_) => None,
-        })
-        .collect();
+    let names = |with_table: bool| -> Vec<&str> {
+        layers
+            .iter()
+            .filter_map(|l| match l {
+                Layer::Linear(l) if !with_table => Some(l.name.as_str()),
+                Layer::Requant(r) if with_table => Some(r.name.as_str()),
+                _ => None,
+            })
+            .collect()
+    };
+    let (linear, tabled) = (names(false), names(true));
     let settings = [
         ("weight_bits", weights, &linear, "weights", "weights"),
         ("activation_bits", activations, &tabled, "table", "tables"),
