@@ -242,19 +242,8 @@ fn table_widths_per_layer_come_from_the_model() {
         serde_json::json!({"conv2": 5}),
     );
     let out = ok(d, &["inspect", "--model", "mixed.safetensors"]);
-    let widths: Vec<(String, String)> = out
-        .lines()
-        .filter(|l| l.contains("truncate"))
-        .map(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            (f[0].to_string(), f[f.len() - 4].to_string())
-        })
-        .collect();
-    assert_eq!(
-        widths,
-        [("conv1".into(), "4".into()), ("conv2".into(), "5".into())],
-        "{out}"
-    );
+    let widths: Vec<(&str, &str)> = table_rows(&out).iter().map(|f| (f[0], f[f.len() - 4])).collect();
+    assert_eq!(widths, [("conv1", "4"), ("conv2", "5")], "{out}");
     // The command line overrides the model for every layer.
     let out = ok(d, &["inspect", "--model", "mixed.safetensors", "--lut-bits", "3"]);
     assert_eq!(
@@ -282,15 +271,21 @@ fn table_widths_per_layer_come_from_the_model() {
     );
 }
 
-/// Accumulator width B of each table layer, as `pkn inspect` prints it.
-fn window_bits(inspect: &str) -> Vec<u32> {
+/// The whitespace-separated fields of each table layer's row in `pkn inspect`'s output (its
+/// last five: B, W, bootstraps, log2 p-fail, estimated seconds).
+fn table_rows(inspect: &str) -> Vec<Vec<&str>> {
     inspect
         .lines()
         .filter(|l| l.contains("truncate"))
-        .map(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            f[f.len() - 5].parse().unwrap()
-        })
+        .map(|l| l.split_whitespace().collect())
+        .collect()
+}
+
+/// Accumulator width B of each table layer, as `pkn inspect` prints it.
+fn window_bits(inspect: &str) -> Vec<u32> {
+    table_rows(inspect)
+        .iter()
+        .map(|f| f[f.len() - 5].parse().unwrap())
         .collect()
 }
 
