@@ -47,7 +47,7 @@ pub struct InputSpec {
 }
 
 /// A leveled integer operation: every output is a weighted sum of inputs plus a per-channel offset.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub enum LinearOp {
     /// Weights laid out [out][in][ky][kx], as in PyTorch.
     Conv2d {
@@ -209,16 +209,10 @@ impl Linear {
     pub fn for_each_term(&self, out: usize, mut term: impl FnMut(Option<usize>, i64)) {
         let (ins, outs) = (self.in_shape, self.out_shape);
         let oc = out / outs.per_channel();
-        let oy = (out % outs.per_channel()) / outs.width;
-        let ox = out % outs.width;
+        let position = out % outs.per_channel();
         match self.op {
-            LinearOp::Dense => {
-                let row = &self.weights[oc * ins.len()..(oc + 1) * ins.len()];
-                for (i, &w) in row.iter().enumerate() {
-                    term(Some(i), w);
-                }
-            }
             LinearOp::SumPool { kernel, stride } => {
+                let (oy, ox) = (position / outs.width, position % outs.width);
                 for ky in 0..kernel {
                     for kx in 0..kernel {
                         let (y, x) = (oy * stride + ky, ox * stride + kx);
@@ -226,25 +220,51 @@ impl Linear {
                     }
                 }
             }
+            LinearOp::Conv2d { pad_value, .. } => {
+                let row = self.weight_row(oc);
+                self.for_each_source(position, |k, idx| match idx {
+                    Some(i) => term(Some(i), row[k]),
+                    None => term(None, row[k] * pad_value),
+                });
+            }
+            LinearOp::Dense => {
+                let row = self.weight_row(oc);
+                self.for_each_source(position, |k, idx| term(idx, row[k]));
+            }
+        }
+    }
+
+    /// The weights of output channel `oc` (convolutions and dense layers), in term order.
+    pub fn weight_row(&self, oc: usize) -> &[i64] {
+        let len = self.weights.len() / self.out_shape.channels;
+        &self.weights[oc * len..(oc + 1) * len]
+    }
+
+    /// For a convolution or dense layer, the input read by term k of every output channel at
+    /// spatial position `position`: `f(k, Some(input_index))`, or `f(k, None)` for padding.
+    /// Every channel of such a layer reads the same inputs, in the order of its weight row.
+    pub fn for_each_source(&self, position: usize, mut f: impl FnMut(usize, Option<usize>)) {
+        let (ins, outs) = (self.in_shape, self.out_shape);
+        let (oy, ox) = (position / outs.width, position % outs.width);
+        match self.op {
+            LinearOp::Dense => (0..ins.len()).for_each(|i| f(i, Some(i))),
+            LinearOp::SumPool { .. } => unreachable!("a pool reads its own channel, not a shared patch"),
             LinearOp::Conv2d {
                 kernel,
                 stride,
                 padding,
-                pad_value,
+                ..
             } => {
-                let per_out = ins.channels * kernel * kernel;
-                let w = &self.weights[oc * per_out..(oc + 1) * per_out];
                 for ic in 0..ins.channels {
                     for ky in 0..kernel {
                         for kx in 0..kernel {
-                            let wv = w[(ic * kernel + ky) * kernel + kx];
+                            let k = (ic * kernel + ky) * kernel + kx;
                             let y = (oy * stride + ky) as isize - padding as isize;
                             let x = (ox * stride + kx) as isize - padding as isize;
                             if y < 0 || x < 0 || y >= ins.height as isize || x >= ins.width as isize {
-                                term(None, wv * pad_value);
+                                f(k, None);
                             } else {
-                                let idx = ic * ins.per_channel() + y as usize * ins.width + x as usize;
-                                term(Some(idx), wv);
+                                f(k, Some(ic * ins.per_channel() + y as usize * ins.width + x as usize));
                             }
                         }
                     }

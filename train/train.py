@@ -11,6 +11,7 @@ import argparse
 import gzip
 import json
 import os
+import time
 
 import numpy as np
 import torch
@@ -105,10 +106,16 @@ def run_epochs(model, xtr, ytr, epochs, lr, frozen, batch=128, augmented=False):
         model.train()
         model.freeze(frozen)
         perm = torch.randperm(len(xtr))
-        for i in range(0, len(xtr), batch):
+        start, skipped = time.time(), 0
+        for n, i in enumerate(range(0, len(xtr), batch), start=1):
             idx = perm[i:i + batch]
             x = augment(xtr[idx]) if augmented else xtr[idx]
             loss = F.cross_entropy(logits(model, x), ytr[idx])
+            if not torch.isfinite(loss):  # a polynomial blow-up: skip the batch rather than poison the weights
+                skipped += 1
+                continue
+            if n % 50 == 0:
+                print(f"  batch {n}: loss {loss.item():.4f}, {time.time() - start:.0f} s, {skipped} skipped", flush=True)
             opt.zero_grad()
             loss.backward()
             nn.utils.clip_grad_norm_(model.parameters(), 1.0)  # PKN training is prone to blow-ups
@@ -149,6 +156,7 @@ def main():
     yte = torch.from_numpy(read_idx(find("t10k-labels-idx1-ubyte")).astype(np.int64))
     calib = torch.from_numpy(read_idx(os.path.join(HERE, "..", "weights", "calibration-images.idx")).copy())
 
+    meta = {"format": "pkn-model", "version": "1", "architecture": json.dumps(arch)}
     model = QNet(arch, margin=a.margin, act_clip=a.act_clip)
     if a.init:
         model.load_pkn_tensors(read_safetensors(a.init)[1])
@@ -157,10 +165,9 @@ def main():
         run_epochs(model, xtr, ytr, 1, (a.float_lr or a.lr) * 0.5 * (1 + np.cos(np.pi * epoch / a.float_epochs)),
                    frozen=False, augmented=a.augment)
         print(f"float epoch {epoch + 1}: test accuracy (float network) {accuracy(model, xte, yte):.4f}", flush=True)
+        if a.save_float:  # a checkpoint per epoch: long CPU runs may be cut off
+            save_safetensors(model.state_dict_for_pkn(), a.save_float, meta)
     model.set_float(False)
-    meta = {"format": "pkn-model", "version": "1", "architecture": json.dumps(arch)}
-    if a.save_float:
-        save_safetensors(model.state_dict_for_pkn(), a.save_float, meta)
     for epoch in range(a.epochs):
         run_epochs(model, xtr, ytr, 1, a.lr * 0.5 * (1 + np.cos(np.pi * epoch / a.epochs)), frozen=False,
                    augmented=a.augment)

@@ -617,11 +617,16 @@ fn requantize(
         steps: Vec::new(),
     };
     let linear = lin.layer;
-    state.values = state
-        .values
-        .par_iter()
-        .enumerate()
-        .map(|(image, v)| clear::requant(&requant, &clear::linear(&linear, v, residual_values(image))))
+    // What the clear evaluator computes on each calibration image: the gained accumulators plus
+    // the offsets, through the tables.
+    state.values = accs
+        .into_par_iter()
+        .map(|mut acc| {
+            acc.iter_mut()
+                .enumerate()
+                .for_each(|(i, v)| *v += linear.offsets[i / per_channel]);
+            clear::requant(&requant, &acc)
+        })
         .collect();
     state.shape = shape;
     state.bounds = Bounds {

@@ -1,7 +1,7 @@
 //! The clear evaluator: the integer circuit on plaintext i64, the reference that FHE must equal.
 
 use super::Tensors;
-use crate::circuit::{Circuit, Layer, Linear, Requant};
+use crate::circuit::{Circuit, Layer, Linear, LinearOp, Requant};
 
 /// Pixels in [0, 255] to the circuit's input integers: round(p / 255 * (2^bits - 1)).
 pub fn quantize_pixels(pixels: &[u8], bits: u32) -> Vec<i64> {
@@ -12,20 +12,46 @@ pub fn quantize_pixels(pixels: &[u8], bits: u32) -> Vec<i64> {
 /// A leveled layer: exact weighted sums plus per-channel offsets, plus the residual tensor if the
 /// layer has one.
 pub fn linear(layer: &Linear, input: &[i64], residual: Option<&[i64]>) -> Vec<i64> {
-    (0..layer.out_shape.len())
-        .map(|out| {
-            let c = layer.channel_of(out);
-            let mut acc = layer.offsets[c];
-            layer.for_each_term(out, |idx, w| match idx {
-                Some(i) => acc += w * input[i],
-                None => acc += w,
-            });
-            if let (Some(r), Some(values)) = (&layer.residual, residual) {
-                acc += r.gains[c] * values[out];
-            }
-            acc
-        })
-        .collect()
+    let mut sums = match layer.op {
+        LinearOp::SumPool { .. } => (0..layer.out_shape.len())
+            .map(|out| {
+                let mut acc = 0;
+                layer.for_each_term(out, |idx, w| acc += w * idx.map_or(1, |i| input[i]));
+                acc
+            })
+            .collect(),
+        LinearOp::Conv2d { pad_value, .. } => patch_products(layer, input, pad_value),
+        LinearOp::Dense => patch_products(layer, input, 0),
+    };
+    for (out, acc) in sums.iter_mut().enumerate() {
+        let c = layer.channel_of(out);
+        *acc += layer.offsets[c];
+        if let (Some(r), Some(values)) = (&layer.residual, residual) {
+            *acc += r.gains[c] * values[out];
+        }
+    }
+    sums
+}
+
+/// Weighted sums of a convolution or dense layer as dot products: the input patch of each
+/// position is gathered once (padding as `pad_value`) and shared by every output channel, and the
+/// dot product is a loop the compiler vectorises. The same terms as [`Linear::for_each_term`],
+/// about ten times faster, which matters for calibrating and evaluating the larger models.
+fn patch_products(layer: &Linear, input: &[i64], pad_value: i64) -> Vec<i64> {
+    let positions = layer.out_shape.per_channel();
+    let row_len = layer.weight_row(0).len();
+    let mut patches = vec![0i64; positions * row_len];
+    for (position, patch) in patches.chunks_mut(row_len).enumerate() {
+        layer.for_each_source(position, |k, idx| patch[k] = idx.map_or(pad_value, |i| input[i]));
+    }
+    let mut sums = vec![0i64; layer.out_shape.len()];
+    for (oc, plane) in sums.chunks_mut(positions).enumerate() {
+        let row = layer.weight_row(oc);
+        for (acc, patch) in plane.iter_mut().zip(patches.chunks(row_len)) {
+            *acc = row.iter().zip(patch).map(|(w, x)| w * x).sum();
+        }
+    }
+    sums
 }
 
 /// Index read by the table: `(m >> s) mod 2^(W + 1)`, with a floor shift.
@@ -146,6 +172,106 @@ mod tests {
         assert!(layer.split_table());
         assert_eq!(layer.pbs_per_activation(), 2 + 3);
         assert_eq!(layer.truncation_pbs_per_activation(), 2);
+    }
+
+    /// The per-term walk that the FHE evaluator and the noise rule use, as the reference.
+    fn linear_by_terms(layer: &Linear, input: &[i64], residual: &[i64]) -> Vec<i64> {
+        (0..layer.out_shape.len())
+            .map(|out| {
+                let c = layer.channel_of(out);
+                let mut acc = layer.offsets[c] + layer.residual.as_ref().map_or(0, |r| r.gains[c] * residual[out]);
+                layer.for_each_term(out, |idx, w| acc += idx.map_or(w, |i| w * input[i]));
+                acc
+            })
+            .collect()
+    }
+
+    #[test]
+    fn dot_products_equal_the_per_term_walk() {
+        use crate::circuit::{Residual, Shape};
+        let shape = |channels, height, width| Shape {
+            channels,
+            height,
+            width,
+        };
+        let mut seed = 12345u64;
+        let mut next = move |range: i64| {
+            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((seed >> 33) as i64).rem_euclid(2 * range + 1) - range
+        };
+        let ops = [
+            (
+                LinearOp::Conv2d {
+                    kernel: 3,
+                    stride: 1,
+                    padding: 1,
+                    pad_value: 5,
+                },
+                shape(3, 7, 6),
+                shape(4, 7, 6),
+            ),
+            (
+                LinearOp::Conv2d {
+                    kernel: 3,
+                    stride: 2,
+                    padding: 1,
+                    pad_value: -2,
+                },
+                shape(2, 7, 7),
+                shape(3, 4, 4),
+            ),
+            (
+                LinearOp::Conv2d {
+                    kernel: 5,
+                    stride: 1,
+                    padding: 0,
+                    pad_value: 0,
+                },
+                shape(2, 9, 8),
+                shape(2, 5, 4),
+            ),
+            (
+                LinearOp::Conv2d {
+                    kernel: 1,
+                    stride: 2,
+                    padding: 0,
+                    pad_value: 0,
+                },
+                shape(3, 6, 6),
+                shape(5, 3, 3),
+            ),
+            (LinearOp::Dense, shape(20, 1, 1), shape(6, 1, 1)),
+            (
+                LinearOp::SumPool { kernel: 2, stride: 2 },
+                shape(3, 6, 4),
+                shape(3, 3, 2),
+            ),
+        ];
+        for (op, in_shape, out_shape) in ops {
+            let row = match op {
+                LinearOp::Conv2d { kernel, .. } => in_shape.channels * kernel * kernel,
+                LinearOp::Dense => in_shape.len(),
+                LinearOp::SumPool { .. } => 0,
+            };
+            let layer = Linear {
+                name: "l".into(),
+                input: 0,
+                op,
+                in_shape,
+                out_shape,
+                weights: (0..row * out_shape.channels).map(|_| next(7)).collect(),
+                offsets: (0..out_shape.channels).map(|_| next(100)).collect(),
+                residual: Some(Residual {
+                    from: 0,
+                    gains: (0..out_shape.channels).map(|_| next(3)).collect(),
+                }),
+            };
+            let input: Vec<i64> = (0..in_shape.len()).map(|_| next(15)).collect();
+            let residual: Vec<i64> = (0..out_shape.len()).map(|_| next(15)).collect();
+            let fast = linear(&layer, &input, Some(&residual));
+            assert_eq!(fast, linear_by_terms(&layer, &input, &residual), "{op:?}");
+            assert!(fast.iter().any(|&v| v != 0));
+        }
     }
 
     #[test]
