@@ -199,47 +199,17 @@ mod tests {
             seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
             ((seed >> 33) as i64).rem_euclid(2 * range + 1) - range
         };
+        let conv = |kernel, stride, padding, pad_value| LinearOp::Conv2d {
+            kernel,
+            stride,
+            padding,
+            pad_value,
+        };
         let ops = [
-            (
-                LinearOp::Conv2d {
-                    kernel: 3,
-                    stride: 1,
-                    padding: 1,
-                    pad_value: 5,
-                },
-                shape(3, 7, 6),
-                shape(4, 7, 6),
-            ),
-            (
-                LinearOp::Conv2d {
-                    kernel: 3,
-                    stride: 2,
-                    padding: 1,
-                    pad_value: -2,
-                },
-                shape(2, 7, 7),
-                shape(3, 4, 4),
-            ),
-            (
-                LinearOp::Conv2d {
-                    kernel: 5,
-                    stride: 1,
-                    padding: 0,
-                    pad_value: 0,
-                },
-                shape(2, 9, 8),
-                shape(2, 5, 4),
-            ),
-            (
-                LinearOp::Conv2d {
-                    kernel: 1,
-                    stride: 2,
-                    padding: 0,
-                    pad_value: 0,
-                },
-                shape(3, 6, 6),
-                shape(5, 3, 3),
-            ),
+            (conv(3, 1, 1, 5), shape(3, 7, 6), shape(4, 7, 6)),
+            (conv(3, 2, 1, -2), shape(2, 7, 7), shape(3, 4, 4)),
+            (conv(5, 1, 0, 0), shape(2, 9, 8), shape(2, 5, 4)),
+            (conv(1, 2, 0, 0), shape(3, 6, 6), shape(5, 3, 3)),
             (LinearOp::Dense, shape(20, 1, 1), shape(6, 1, 1)),
             (
                 LinearOp::SumPool { kernel: 2, stride: 2 },
