@@ -339,3 +339,30 @@ fn weight_and_activation_widths_per_layer_come_from_the_model() {
         "quantization bit widths must be 2..=8",
     );
 }
+
+/// Three test images (the first calibration images) and labels as IDX files in `dir`.
+fn write_small_test_set(dir: &Path) {
+    let calibration =
+        std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("weights/calibration-images.idx")).unwrap();
+    let mut images = vec![0, 0, 8, 3, 0, 0, 0, 3, 0, 0, 0, 28, 0, 0, 0, 28];
+    images.extend_from_slice(&calibration[16..16 + 3 * 784]);
+    std::fs::write(dir.join("t10k-images-idx3-ubyte"), images).unwrap();
+    std::fs::write(dir.join("t10k-labels-idx1-ubyte"), [0, 0, 8, 1, 0, 0, 0, 3, 4, 7, 1]).unwrap();
+}
+
+#[test]
+fn eval_runs_chosen_images_encrypted_and_checks_them_against_the_clear_circuit() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    write_small_test_set(d);
+    let data = d.display().to_string();
+    let out = ok(d, &["eval", "--data", &data, "--fhe", "1", "--fhe-start", "2"]);
+    assert!(out.contains("/3 test images)"), "unexpected output {out:?}");
+    assert!(out.contains("test image 2: bit-exact"), "unexpected output {out:?}");
+    assert!(out.contains("encrypted: 1/1 bit-exact"), "unexpected output {out:?}");
+    fails(
+        d,
+        &["eval", "--data", &data, "--fhe", "2", "--fhe-start", "2"],
+        "--fhe-start 2 --fhe 2 needs 4 test images, only 3 are evaluated",
+    );
+}

@@ -20,9 +20,12 @@ pub struct Args {
     /// Evaluate only the first N test images.
     #[arg(long)]
     pub limit: Option<usize>,
-    /// Also run the first K images encrypted (fresh keys) and count bit-exact matches with the clear circuit.
+    /// Also run K images encrypted (fresh keys) and count bit-exact matches with the clear circuit.
     #[arg(long, value_name = "K", default_value_t = 0)]
     pub fhe: usize,
+    /// Index of the first test image that `--fhe` runs encrypted (long checks can go on where one stopped).
+    #[arg(long, value_name = "I", default_value_t = 0)]
+    pub fhe_start: usize,
 }
 
 fn find(dir: &std::path::Path, stem: &str) -> anyhow::Result<PathBuf> {
@@ -67,14 +70,29 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         images.len()
     );
     if a.fhe > 0 {
-        check_fhe(&circuit, &images[..a.fhe.min(images.len())], &labels)?;
+        let end = a.fhe_start.saturating_add(a.fhe);
+        if end > images.len() {
+            anyhow::bail!(
+                "--fhe-start {} --fhe {} needs {end} test images, only {} are evaluated",
+                a.fhe_start,
+                a.fhe,
+                images.len()
+            );
+        }
+        check_fhe(
+            &circuit,
+            a.fhe_start,
+            &images[a.fhe_start..end],
+            &labels[a.fhe_start..end],
+        )?;
     }
     Ok(())
 }
 
-/// Encrypted inference on `images` with fresh keys: bit-exact matches with the clear circuit,
-/// encrypted accuracy and time per image.
-fn check_fhe(circuit: &Circuit, images: &[Vec<u8>], labels: &[u8]) -> anyhow::Result<()> {
+/// Encrypted inference on `images` (test images `first..`) with fresh keys: bit-exact matches with
+/// the clear circuit, encrypted accuracy and time per image. Each image's verdict is printed as soon
+/// as it is known, so an interrupted check still leaves its evidence.
+fn check_fhe(circuit: &Circuit, first: usize, images: &[Vec<u8>], labels: &[u8]) -> anyhow::Result<()> {
     let (client, server) = ClientKey::generate(circuit.fhe_params()?);
     let key = server.expand();
     let (pbs, _) = circuit.pbs_counts();
@@ -85,14 +103,29 @@ fn check_fhe(circuit: &Circuit, images: &[Vec<u8>], labels: &[u8]) -> anyhow::Re
     );
     let (mut matches, mut correct) = (0, 0);
     let start = Instant::now();
-    for (img, &label) in images.iter().zip(labels) {
+    for (i, (img, &label)) in images.iter().zip(labels).enumerate() {
+        let image_start = Instant::now();
         let input = clear::quantize_pixels(img, circuit.input.bits);
         let cts = client
             .encrypt(&input, circuit.input.encoding_bits)
             .par_decompress_into_lwe_ciphertext_list();
         let got = client.decrypt(&fhe::run(circuit, &key, cts, Some(&bar)), circuit.output.bits);
-        matches += usize::from(got == clear::run(circuit, &input));
-        correct += usize::from(clear::argmax(&got) == label as usize);
+        let exact = got == clear::run(circuit, &input);
+        let predicted = clear::argmax(&got);
+        matches += usize::from(exact);
+        correct += usize::from(predicted == label as usize);
+        let verdict = if exact {
+            "bit-exact"
+        } else {
+            "DIFFERS from the clear circuit"
+        };
+        bar.suspend(|| {
+            println!(
+                "test image {}: {verdict}, predicted {predicted}, label {label}, {:.1} s",
+                first + i,
+                image_start.elapsed().as_secs_f64()
+            )
+        });
     }
     bar.finish_and_clear();
     let n = images.len();
