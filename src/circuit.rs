@@ -236,8 +236,18 @@ impl Linear {
 
     /// The weights of output channel `oc` (convolutions and dense layers), in term order.
     pub fn weight_row(&self, oc: usize) -> &[i64] {
-        let len = self.weights.len() / self.out_shape.channels;
+        let len = self.row_len();
         &self.weights[oc * len..(oc + 1) * len]
+    }
+
+    /// Every output channel's weight row, writable (the compiler scales rows by channel gains).
+    pub fn weight_rows_mut(&mut self) -> std::slice::ChunksMut<'_, i64> {
+        let len = self.row_len().max(1);
+        self.weights.chunks_mut(len)
+    }
+
+    fn row_len(&self) -> usize {
+        self.weights.len() / self.out_shape.channels
     }
 
     /// For a convolution or dense layer, the input read by term k of every output channel at

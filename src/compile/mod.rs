@@ -546,15 +546,14 @@ fn requantize(
     // Stretch narrow channels by an integer gain so that every channel fills the window: exact
     // (the gain multiplies integer weights) and without extra bootstraps; it costs noise, which the
     // parameter choice accounts for.
-    let row_len = layer.weights.len() / shape.channels;
     let gains: Vec<i64> = needs
         .iter()
         .map(|need| ((1i64 << acc_bits) / need.max(&1)).max(1))
         .collect();
+    for (row, &gain) in layer.weight_rows_mut().zip(&gains) {
+        row.iter_mut().for_each(|w| *w *= gain);
+    }
     for (c, &gain) in gains.iter().enumerate() {
-        layer.weights[c * row_len..(c + 1) * row_len]
-            .iter_mut()
-            .for_each(|w| *w *= gain);
         if let Some(r) = &mut layer.residual {
             r.gains[c] *= gain;
         }
