@@ -24,7 +24,7 @@ pub struct Args {
     #[arg(long, value_name = "K", default_value_t = 0)]
     pub fhe: usize,
     /// Index of the first test image that `--fhe` runs encrypted (long checks can go on where one stopped).
-    #[arg(long, value_name = "I", default_value_t = 0)]
+    #[arg(long, value_name = "I", default_value_t = 0, requires = "fhe")]
     pub fhe_start: usize,
 }
 
