@@ -174,8 +174,8 @@ class QLinear(nn.Module):
         if isinstance(self.layer, nn.Conv2d):
             p = self.layer.padding[0]
             shape = (1,) + tuple(x.q.shape[1:])
-            ones = F.pad(torch.ones(shape, dtype=q.dtype), [p] * 4, value=0.0)
-            pads = F.pad(torch.zeros(shape, dtype=q.dtype), [p] * 4, value=1.0)
+            ones = F.pad(torch.ones(shape, dtype=q.dtype, device=q.device), [p] * 4, value=0.0)
+            pads = F.pad(torch.zeros(shape, dtype=q.dtype, device=q.device), [p] * 4, value=1.0)
             pos, neg = q.clamp(min=0), q.clamp(max=0)
             hi = F.conv2d(ones, pos * x.hi + neg * x.lo, stride=self.layer.stride)
             lo = F.conv2d(ones, pos * x.lo + neg * x.hi, stride=self.layer.stride)
@@ -195,7 +195,7 @@ class QLinear(nn.Module):
             return self.float_forward(x, r).q if self.output else self.float_forward(x, r)
         bias = self.layer.bias
         if bias is None:
-            bias = torch.zeros(self.layer.weight.shape[0], dtype=self.layer.weight.dtype)
+            bias = self.layer.weight.new_zeros(self.layer.weight.shape[0])
         gain = None
         if self.residual:
             if self.training and not self.frozen:
@@ -246,8 +246,8 @@ class QLinear(nn.Module):
         s = B - self.lut_bits
         gains = [max(1, (1 << B) // max(n, 1)) for n in need]
         offsets = [(1 << (B - 1)) - math.floor((l * g + h * g + 1) / 2) for l, h, g in zip(win_lo, win_hi, gains)]
-        g = torch.tensor(gains, dtype=acc.dtype).view(view)
-        off = torch.tensor(offsets, dtype=acc.dtype).view(view)
+        g = torch.tensor(gains, dtype=acc.dtype, device=acc.device).view(view)
+        off = torch.tensor(offsets, dtype=acc.dtype, device=acc.device).view(view)
         m = raw * g + off
         if self.training:
             # Saturate while learning (windows still move); the circuit itself wraps, below.

@@ -90,37 +90,64 @@ def augment(images_u8, shift=2):
     """Random horizontal flips and translations by up to `shift` pixels (zero fill): pixels stay
     integers in 0..255, so the quantized input is still exactly what the client encrypts."""
     n, h, w = images_u8.shape
-    flip = torch.rand(n) < 0.5
+    dev = images_u8.device
+    flip = torch.rand(n, device=dev) < 0.5
     images_u8 = torch.where(flip[:, None, None], images_u8.flip(2), images_u8)
     padded = torch.nn.functional.pad(images_u8, (shift, shift, shift, shift))
-    dy, dx = torch.randint(0, 2 * shift + 1, (2, n))
-    rows = (dy[:, None] + torch.arange(h))[:, :, None]
-    cols = (dx[:, None] + torch.arange(w))[:, None, :]
-    return padded[torch.arange(n)[:, None, None], rows, cols]
+    dy, dx = torch.randint(0, 2 * shift + 1, (2, n), device=dev)
+    rows = (dy[:, None] + torch.arange(h, device=dev))[:, :, None]
+    cols = (dx[:, None] + torch.arange(w, device=dev))[:, None, :]
+    return padded[torch.arange(n, device=dev)[:, None, None], rows, cols]
 
 
-def run_epochs(model, xtr, ytr, epochs, lr, frozen, batch=128, augmented=False):
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(epochs, 1))
-    for _ in range(epochs):
-        model.train()
-        model.freeze(frozen)
-        perm = torch.randperm(len(xtr))
-        start, skipped = time.time(), 0
-        for n, i in enumerate(range(0, len(xtr), batch), start=1):
-            idx = perm[i:i + batch]
-            x = augment(xtr[idx]) if augmented else xtr[idx]
-            loss = F.cross_entropy(logits(model, x), ytr[idx])
-            if not torch.isfinite(loss):  # a polynomial blow-up: skip the batch rather than poison the weights
-                skipped += 1
-                continue
-            if n % 50 == 0:
-                print(f"  batch {n}: loss {loss.item():.4f}, {time.time() - start:.0f} s, {skipped} skipped", flush=True)
-            opt.zero_grad()
-            loss.backward()
-            nn.utils.clip_grad_norm_(model.parameters(), 1.0)  # PKN training is prone to blow-ups
-            opt.step()
-        sched.step()
+def train_epoch(model, opt, xtr, ytr, lr, frozen, batch, augmented):
+    """One epoch at learning rate `lr` with the optimizer `opt`."""
+    for group in opt.param_groups:
+        group["lr"] = lr
+    model.train()
+    model.freeze(frozen)
+    perm = torch.randperm(len(xtr), device=xtr.device)
+    start, skipped = time.time(), 0
+    for n, i in enumerate(range(0, len(xtr), batch), start=1):
+        idx = perm[i:i + batch]
+        x = augment(xtr[idx]) if augmented else xtr[idx]
+        loss = F.cross_entropy(logits(model, x), ytr[idx])
+        if not torch.isfinite(loss):  # a polynomial blow-up: skip the batch rather than poison the weights
+            skipped += 1
+            continue
+        if n % 100 == 0:
+            print(f"  batch {n}: loss {loss.item():.4f}, {time.time() - start:.0f} s, {skipped} skipped", flush=True)
+        opt.zero_grad()
+        loss.backward()
+        nn.utils.clip_grad_norm_(model.parameters(), 1.0)  # PKN training is prone to blow-ups
+        opt.step()
+
+
+def train_phase(model, a, xtr, ytr, epochs, lr_of_epoch, frozen, before=None, after=None):
+    """`epochs` epochs at learning rate `lr_of_epoch(e)`, with a fresh Adam every epoch (how tiny-pkn and
+    cnn-pkn were trained), or one for the whole phase with --keep-optimizer. `before()` runs before
+    each epoch, `after(e)` after epoch e."""
+    opt = None
+    for epoch in range(epochs):
+        if opt is None or not a.keep_optimizer:
+            opt = torch.optim.Adam(model.parameters())
+        if before:
+            before()
+        train_epoch(model, opt, xtr, ytr, lr_of_epoch(epoch), frozen, a.batch, a.augment)
+        if after:
+            after(epoch + 1)
+
+
+def integer_accuracy(model, calib, xte, yte):
+    """The integer circuit's accuracy as `pkn eval` reports it: calibrated and run in float64 (the
+    model is left in float64)."""
+    model.double()
+    model.calibrate(calib.clone())
+    return accuracy(model, xte, yte)
+
+
+def cosine(lr, epoch, total):
+    return lr * 0.5 * (1 + np.cos(np.pi * epoch / max(total, 1)))
 
 
 def main():
@@ -142,6 +169,14 @@ def main():
     p.add_argument("--act-clip", type=float, default=0.001, help="fraction clipped at each end of activation ranges")
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--augment", action="store_true", help="random flips and 2-pixel shifts of the training images")
+    p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--keep-optimizer", action="store_true",
+                   help="one Adam per phase, its moments carried across epochs (default: a fresh one every epoch)")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--ptq-accuracy", action="store_true",
+                   help="after the float epochs, print the integer circuit's accuracy of the float model as it is")
+    p.add_argument("--train-images", type=int, help="train on the first N training images only (smoke tests)")
+    p.add_argument("--test-images", type=int, help="measure on the first N test images only (smoke tests)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data", default=DATA)
     p.add_argument("--out", default=None)
@@ -155,30 +190,35 @@ def main():
     xte = torch.from_numpy(read_idx(find("t10k-images-idx3-ubyte")).copy())
     yte = torch.from_numpy(read_idx(find("t10k-labels-idx1-ubyte")).astype(np.int64))
     calib = torch.from_numpy(read_idx(os.path.join(HERE, "..", "weights", "calibration-images.idx")).copy())
+    xtr, ytr, xte, yte = xtr[:a.train_images], ytr[:a.train_images], xte[:a.test_images], yte[:a.test_images]
+    xtr, ytr, xte, yte, calib = (t.to(a.device) for t in (xtr, ytr, xte, yte, calib))
+    torch.backends.cudnn.benchmark = True
 
     meta = {"format": "pkn-model", "version": "1", "architecture": json.dumps(arch)}
     model = QNet(arch, margin=a.margin, act_clip=a.act_clip)
     if a.init:
         model.load_pkn_tensors(read_safetensors(a.init)[1])
+    model.to(a.device)
     model.set_float(True)
-    for epoch in range(a.float_epochs):
-        run_epochs(model, xtr, ytr, 1, (a.float_lr or a.lr) * 0.5 * (1 + np.cos(np.pi * epoch / a.float_epochs)),
-                   frozen=False, augmented=a.augment)
-        print(f"float epoch {epoch + 1}: test accuracy (float network) {accuracy(model, xte, yte):.4f}", flush=True)
-        if a.save_float:  # a checkpoint per epoch: long CPU runs may be cut off
+
+    def float_epoch_done(epoch):
+        print(f"float epoch {epoch}: test accuracy (float network) {accuracy(model, xte, yte):.4f}", flush=True)
+        if a.save_float:  # a checkpoint per epoch: long runs may be cut off
             save_safetensors(model.state_dict_for_pkn(), a.save_float, meta)
+
+    train_phase(model, a, xtr, ytr, a.float_epochs, lambda e: cosine(a.float_lr or a.lr, e, a.float_epochs), False,
+                after=float_epoch_done)
     model.set_float(False)
-    for epoch in range(a.epochs):
-        run_epochs(model, xtr, ytr, 1, a.lr * 0.5 * (1 + np.cos(np.pi * epoch / a.epochs)), frozen=False,
-                   augmented=a.augment)
-        print(f"phase 1 epoch {epoch + 1}: test accuracy (moving windows) {accuracy(model, xte, yte):.4f}", flush=True)
-    for epoch in range(a.finetune):
-        model.calibrate(calib)
-        run_epochs(model, xtr, ytr, 1, a.lr * 0.05, frozen=True, augmented=a.augment)
-        print(f"phase 2 epoch {epoch + 1}: done", flush=True)
-    model = model.double()
-    model.calibrate(calib.clone())
-    acc = accuracy(model, xte, yte)
+    if a.ptq_accuracy:
+        print(f"post-training quantization of the float model: integer-circuit test accuracy "
+              f"{integer_accuracy(model, calib, xte, yte):.4f}", flush=True)
+        model.float()
+    train_phase(model, a, xtr, ytr, a.epochs, lambda e: cosine(a.lr, e, a.epochs), False,
+                after=lambda e: print(f"phase 1 epoch {e}: test accuracy (moving windows) "
+                                      f"{accuracy(model, xte, yte):.4f}", flush=True))
+    train_phase(model, a, xtr, ytr, a.finetune, lambda e: a.lr * 0.05, True, before=lambda: model.calibrate(calib),
+                after=lambda e: print(f"phase 2 epoch {e}: done", flush=True))
+    acc = integer_accuracy(model, calib, xte, yte)
     print(f"integer-circuit test accuracy (emulated, what pkn eval reports): {acc:.4f}", flush=True)
 
     out = a.out or os.path.join(HERE, "..", "weights", f"{a.model}.safetensors")
