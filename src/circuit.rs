@@ -11,8 +11,9 @@ use serde::{Deserialize, Serialize};
 use crate::params::{Bootstrap, FheParams};
 
 /// Version of the serialised circuit (and of the compiler's output semantics). 3: 5-bit tables
-/// are split tables, whose index wraps modulo 2^5 outside the window.
-pub const CIRCUIT_VERSION: u32 = 3;
+/// are split tables, whose index wraps modulo 2^5 outside the window. 4: residual gains keep
+/// their 6 highest bits (networks without residual adds compile to the same integers as in 3).
+pub const CIRCUIT_VERSION: u32 = 4;
 
 /// Channels, height, width.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -83,6 +84,57 @@ pub struct Linear {
 pub struct Residual {
     pub from: usize,
     pub gains: Vec<i64>,
+}
+
+impl Residual {
+    /// Fewest trailing zero bits among the gains modulo 2^(acc_bits + 1): a deferred add needs the
+    /// residual encoded with at least `acc_bits` minus this many bits.
+    pub fn gain_trailing_zeros(&self, acc_bits: u32) -> u32 {
+        self.gains
+            .iter()
+            .map(|&g| (g as u64 & low_mask(acc_bits + 1)).trailing_zeros().min(acc_bits + 1))
+            .min()
+            .unwrap_or(acc_bits + 1)
+    }
+
+    /// The add deferred into `requant`'s truncation (docs/circuit.md): for each stage (before each
+    /// of `steps`, then before the table) and channel, the plaintext multiplier of the residual
+    /// ciphertexts, encoded with `residual_bits`, to add to the accumulator. Stage j adds the bits of
+    /// the gain that step j reads first, so that each piece of the residual's noise is only weighed
+    /// against the bit it reaches, not against the accumulator's lowest.
+    pub fn stage_multipliers(&self, acc_bits: u32, steps: &[TruncStep], residual_bits: u32) -> Vec<Vec<u64>> {
+        let mut stages = Vec::with_capacity(steps.len() + 1);
+        let mut position = 0;
+        for step in steps.iter().map(Some).chain(std::iter::once(None)) {
+            let width = step.map_or(acc_bits + 1 - position.min(acc_bits + 1), |s| s.bits);
+            stages.push(
+                self.gains
+                    .iter()
+                    .map(|&g| {
+                        let gain = g as u64 & low_mask(acc_bits + 1);
+                        let part = (gain >> position & low_mask(width)) << position;
+                        if residual_bits >= acc_bits {
+                            part << (residual_bits - acc_bits)
+                        } else {
+                            debug_assert_eq!(part & low_mask(acc_bits - residual_bits), 0);
+                            part >> (acc_bits - residual_bits)
+                        }
+                    })
+                    .collect(),
+            );
+            position += step.map_or(0, |s| s.bits);
+        }
+        stages
+    }
+}
+
+/// The `bits` lowest bits set (all 64 for `bits >= 64`).
+fn low_mask(bits: u32) -> u64 {
+    if bits >= 64 {
+        u64::MAX
+    } else {
+        (1u64 << bits) - 1
+    }
 }
 
 /// Widest table one bootstrap reads at 2^-64 (4 bits plus the padding bit, N = 2048).
@@ -361,8 +413,19 @@ impl Circuit {
         }
     }
 
-    /// For every tensor, the last layer that reads it (the output tensor: `layers.len()`).
+    /// For every tensor, the last layer that reads it (the output tensor: `layers.len()`); a
+    /// deferred residual is read by the requant after its linear layer.
     pub fn last_uses(&self) -> Vec<usize> {
+        let mut last = self.direct_last_uses();
+        for i in 0..self.layers.len() {
+            if let Some(r) = self.deferred_residual(i) {
+                last[r.from] = last[r.from].max(i + 1);
+            }
+        }
+        last
+    }
+
+    fn direct_last_uses(&self) -> Vec<usize> {
         let mut last = vec![0; self.layers.len() + 1];
         for (i, layer) in self.layers.iter().enumerate() {
             for t in layer.inputs(i) {
@@ -373,21 +436,39 @@ impl Circuit {
         last
     }
 
+    /// The residual of linear layer `i` when the encrypted evaluation adds it inside the truncation
+    /// of the requant that follows (the only reader of the layer's output) rather than in the
+    /// linear layer: the same integers, with less noise (docs/circuit.md).
+    pub fn deferred_residual(&self, i: usize) -> Option<&Residual> {
+        match (self.layers.get(i), self.layers.get(i + 1)) {
+            (Some(Layer::Linear(l)), Some(Layer::Requant(_))) if self.direct_last_uses()[i + 1] == i + 1 => {
+                l.residual.as_ref()
+            }
+            _ => None,
+        }
+    }
+
     /// The encoding (B of `Delta = 2^(63 - B)`) of every tensor. A requant reads its accumulator
-    /// with its `acc_bits`; the output is decrypted with `output.bits`; a tensor read by several
-    /// layers takes the largest width they need, and a reader needing fewer bits multiplies it by
-    /// 2^(difference) (exact, since it only drops high bits the reader's window does not hold).
+    /// with its `acc_bits`; the output is decrypted with `output.bits`; a deferred residual needs
+    /// `acc_bits` less its gains' trailing zeros; a tensor read by several layers takes the largest
+    /// width they need, and a reader needing fewer bits multiplies it by 2^(difference) (exact,
+    /// since it only drops high bits the reader's window does not hold).
     pub fn tensor_encodings(&self) -> Vec<u32> {
         let n = self.layers.len();
         let mut enc = vec![0u32; n + 1];
         enc[n] = self.output.bits;
         for i in (0..n).rev() {
-            let needs = match &self.layers[i] {
-                Layer::Requant(r) => r.acc_bits,
-                Layer::Linear(_) => enc[i + 1],
+            let (t, needs) = match &self.layers[i] {
+                Layer::Requant(r) => (i, r.acc_bits),
+                Layer::Linear(l) => (l.input, enc[i + 1]),
             };
-            for t in self.layers[i].inputs(i) {
-                enc[t] = enc[t].max(needs);
+            enc[t] = enc[t].max(needs);
+            if let Layer::Linear(Linear { residual: Some(r), .. }) = &self.layers[i] {
+                let need = match self.deferred_residual(i) {
+                    Some(_) => needs.saturating_sub(r.gain_trailing_zeros(needs)).max(1),
+                    None => needs,
+                };
+                enc[r.from] = enc[r.from].max(need);
             }
         }
         enc
@@ -417,5 +498,42 @@ impl Circuit {
         let mut id = [0u8; 16];
         id.copy_from_slice(&digest[..16]);
         id
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stage_multipliers_add_up_to_the_gain() {
+        let steps: Vec<TruncStep> = [3, 1, 4]
+            .iter()
+            .map(|&bits| TruncStep { bits, precise: false })
+            .collect();
+        let wide = Residual {
+            from: 0,
+            gains: vec![2923, 1023, 448, 1, -5],
+        };
+        assert_eq!(wide.gain_trailing_zeros(14), 0);
+        for residual_bits in [14, 16] {
+            let stages = wide.stage_multipliers(14, &steps, residual_bits);
+            assert_eq!(stages.len(), 4);
+            for (c, &g) in wide.gains.iter().enumerate() {
+                let sum = stages.iter().fold(0u64, |s, stage| s.wrapping_add(stage[c]));
+                let want = ((g as u64) & ((1 << 15) - 1)) << (residual_bits - 14);
+                assert_eq!(sum, want, "gain {g}");
+            }
+        }
+        let narrow = Residual {
+            from: 0,
+            gains: vec![8 * 45, 64 * 5],
+        };
+        assert_eq!(narrow.gain_trailing_zeros(14), 3);
+        let stages = narrow.stage_multipliers(14, &steps, 11);
+        for (c, &g) in narrow.gains.iter().enumerate() {
+            assert_eq!(stages.iter().map(|s| s[c]).sum::<u64>(), g as u64 >> 3);
+        }
+        assert_eq!(stages[0], vec![0, 0], "no gain bit below 3");
     }
 }

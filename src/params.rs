@@ -72,13 +72,15 @@ impl FheParams {
     }
 
     /// The sets the compiler chooses from, cheapest first.
-    pub fn candidates() -> [FheParams; 5] {
+    pub fn candidates() -> [FheParams; 7] {
         [
             Self::stock_2_2_with_pbs(23, 1),
             Self::stock_2_2_with_pbs(15, 2),
             Self::stock_2_2_with_pbs(12, 3),
             Self::stock_2_2_with_pbs(10, 4),
             Self::stock_2_2_with_pbs(8, 5),
+            Self::stock_2_2_with_pbs(6, 7),
+            Self::stock_2_2_with_pbs(5, 8),
         ]
     }
 

@@ -21,8 +21,9 @@ fn observed_variance(errors: &[u64]) -> f64 {
 
 #[test]
 fn bootstrap_output_variance_matches_the_compilers_prediction() {
-    // A middle decomposition and the finest candidate, whose formula the tightest circuits trust.
-    for (base_log, level) in [(12, 3), (8, 5)] {
+    // A middle decomposition and the two finest candidates, whose formula the tightest circuits
+    // trust (at 2^5 x 8 the FFT's rounding is a large part of the output noise).
+    for (base_log, level) in [(12, 3), (8, 5), (5, 8)] {
         check_bootstrap_output_variance(FheParams::stock_2_2_with_pbs(base_log, level));
     }
 }

@@ -5,10 +5,10 @@
 //! low bits are all 0 or all 1, and on values that leave their window; for single-bit steps, digit
 //! steps and the plan the compiler picks.
 
-use pkn::circuit::{Requant, Shape, TruncStep};
-use pkn::compile::noise::plan_steps;
+use pkn::circuit::{Requant, Residual, Shape, TruncStep};
+use pkn::compile::noise::{plan_steps, DeferredResidual};
 use pkn::eval::clear::{lut_index, requant as requant_clear, table_output};
-use pkn::eval::fhe::{Bootstrapper, Engine};
+use pkn::eval::fhe::{Bootstrapper, DeferredAdd, Engine};
 use pkn::keys::{decode, encode, ClientKey};
 use pkn::params::{Bootstrap, FheParams};
 use rayon::prelude::*;
@@ -81,7 +81,7 @@ fn every_truncation_step_and_table_output_match_the_clear_values() {
         let (activations, weights, base) = real_activations(&engine, &client, acc_bits);
         let norm2: i64 = weights.iter().map(|w| w * w).sum();
         let var = params.pbs_output_variance(Bootstrap::Precise) * norm2 as f64;
-        let planned = plan_steps(&requant, var, &params).expect("the planner finds an exact plan");
+        let planned = plan_steps(&requant, var, &params, None).expect("the planner finds an exact plan");
         let fours: Vec<u32> = (0..shift).step_by(4).map(|i| (shift - i).min(4)).collect();
         let plans = [steps(&vec![1; shift as usize], true), steps(&fours, true), planned];
         let step = 1i64 << shift;
@@ -174,7 +174,7 @@ fn split_tables_match_the_clear_values_on_every_index() {
         };
         let norm2: i64 = weights.iter().map(|w| w * w).sum();
         let var = params.pbs_output_variance(Bootstrap::Precise) * norm2 as f64;
-        requant.steps = plan_steps(&requant, var, &params).expect("the planner finds an exact plan");
+        requant.steps = plan_steps(&requant, var, &params, None).expect("the planner finds an exact plan");
         let mut container = Vec::new();
         let mut accs = Vec::new();
         for _ in 0..2 {
@@ -185,7 +185,7 @@ fn split_tables_match_the_clear_values_on_every_index() {
         }
         let size = activations[0].len();
         let input = LweCiphertextList::from_container(container, LweSize(size), CiphertextModulus::new_native());
-        let out = engine.requant(&requant, input, None);
+        let out = engine.requant(&requant, input, None, None);
         let want = requant_clear(&requant, &accs);
         for (i, ct) in out.iter().enumerate() {
             assert_eq!(
@@ -195,6 +195,102 @@ fn split_tables_match_the_clear_values_on_every_index() {
                 i / per_channel,
                 accs[i]
             );
+        }
+    }
+}
+
+/// A residual added bit by bit inside the truncation (docs/circuit.md): gains whose bits fall in
+/// every step, the residual encoded with the full width or narrower (gains with trailing zeros),
+/// accumulators with low bits all 0 and all 1 and outside the window; FHE against clear.
+#[test]
+fn a_deferred_residual_matches_the_clear_add_on_edge_values() {
+    let params = FheParams::stock_2_2_with_pbs(12, 3);
+    let (client, server) = ClientKey::generate(params);
+    let key = server.expand();
+    let engine = Engine::new(&key);
+    let (acc_bits, lut_bits) = (14u32, 4u32);
+    let shift = acc_bits - lut_bits;
+    let (activations, weights, base) = real_activations(&engine, &client, acc_bits);
+    let step = 1i64 << shift;
+    let window = 1i64 << acc_bits;
+    let targets = [
+        0,
+        step - 1,
+        step,
+        window / 2 + step - 1,
+        window - 1,
+        -1,
+        window,
+        2 * window - 1,
+    ];
+    let rs: Vec<i64> = (0..targets.len() as i64).map(|k| (k * 7 + 3) % 16).collect();
+    let table: Vec<i64> = (0..16).map(|t| (t * 5 + 1) % 16).collect();
+    let norm2: i64 = weights.iter().map(|w| w * w).sum();
+    let var = params.pbs_output_variance(Bootstrap::Precise) * norm2 as f64;
+    for gains in [vec![2923i64, 1023, 448], vec![8 * 45, 8 * 127, 64 * 5]] {
+        let residual = Residual { from: 0, gains };
+        let residual_bits = acc_bits - residual.gain_trailing_zeros(acc_bits);
+        let mut requant = Requant {
+            name: "deferred".into(),
+            shape: Shape {
+                channels: 3,
+                height: 1,
+                width: targets.len(),
+            },
+            acc_bits,
+            lut_bits,
+            tables: vec![table.clone(); 3],
+            output_encoding_bits: 8,
+            output_bits: 4,
+            steps: Vec::new(),
+        };
+        let identity: Vec<i64> = (0..16).collect();
+        let lut = engine.table_accumulator(&identity, residual_bits);
+        let fresh = client.encrypt(&rs, 4).par_decompress_into_lwe_ciphertext_list();
+        let mut scratch = engine.scratch();
+        let mut r_container = Vec::new();
+        for _ in 0..3 {
+            for ct in fresh.iter() {
+                let mut out = vec![0u64; ct.as_ref().len()];
+                engine.lookup(&mut scratch, ct.as_ref(), &lut, &mut out);
+                r_container.extend(out);
+            }
+        }
+        let size = activations[0].len();
+        let r_values = LweCiphertextList::from_container(r_container, LweSize(size), CiphertextModulus::new_native());
+        let deferred_noise = DeferredResidual {
+            residual: &residual,
+            bits: residual_bits,
+            var: params.pbs_output_variance(Bootstrap::Precise),
+        };
+        let planned = plan_steps(&requant, var, &params, Some(&deferred_noise)).expect("the planner finds a plan");
+        for plan in [steps(&[1; 10], true), steps(&[3, 4, 2, 1], true), planned] {
+            requant.steps = plan;
+            let mut container = Vec::new();
+            for &h in &residual.gains {
+                for (&target, &r) in targets.iter().zip(&rs) {
+                    container.extend(weighted_sum(
+                        &activations,
+                        &weights,
+                        encode(target - base - h * r, acc_bits),
+                    ));
+                }
+            }
+            let input = LweCiphertextList::from_container(container, LweSize(size), CiphertextModulus::new_native());
+            let add = DeferredAdd::new(&residual, &requant, &r_values, residual_bits);
+            let out = engine.requant(&requant, input, Some(&add), None);
+            let accs: Vec<i64> = (0..3).flat_map(|_| targets).collect();
+            let want = requant_clear(&requant, &accs);
+            for (i, ct) in out.iter().enumerate() {
+                assert_eq!(
+                    decode(client.phase(ct.as_ref()), 8),
+                    want[i],
+                    "gains {:?} steps {:?} accumulator {}",
+                    residual.gains,
+                    requant.steps,
+                    accs[i]
+                );
+            }
         }
     }
 }

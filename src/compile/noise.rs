@@ -5,9 +5,10 @@
 //! ciphertext noise by 2^L before its sign bootstrap, whose input must stay within 1/4 of its
 //! centre; each step adds its bootstrap's output noise to the ciphertext; the final table reads W
 //! bits, half a slot being 2^-(W + 2) (a split table reads the doubled ciphertext, with half a slot
-//! of 2^-(W + 1)); decrypting an output needs its noise within half a step.
+//! of 2^-(W + 1)); decrypting an output needs its noise within half a step. A residual deferred
+//! into the truncation adds its noise piece by piece, each before the step that first reads it.
 
-use crate::circuit::{relative_steps_cost, Circuit, Layer, Requant, TruncStep};
+use crate::circuit::{relative_steps_cost, Circuit, Layer, Requant, Residual, TruncStep};
 use crate::params::{log2_gaussian_two_sided_tail, Bootstrap, FheParams, LOG2_PFAIL_LIMIT};
 
 /// The worst bootstrap of one table layer.
@@ -49,14 +50,44 @@ impl NoiseReport {
     }
 }
 
+/// A residual tensor added stage by stage inside a requant's truncation
+/// ([`Residual::stage_multipliers`]).
+#[derive(Clone, Copy, Debug)]
+pub struct DeferredResidual<'a> {
+    pub residual: &'a Residual,
+    /// Encoding bits of the residual tensor.
+    pub bits: u32,
+    /// Noise variance of its ciphertexts.
+    pub var: f64,
+}
+
+impl DeferredResidual<'_> {
+    /// The variance each stage adds (before each step, then before the table), worst channel.
+    fn stage_variances(&self, acc_bits: u32, steps: &[TruncStep]) -> Vec<f64> {
+        self.residual
+            .stage_multipliers(acc_bits, steps, self.bits)
+            .iter()
+            .map(|stage| stage.iter().map(|&m| (m as f64) * (m as f64)).fold(0.0, f64::max) * self.var)
+            .collect()
+    }
+}
+
 /// Worst log2 p-fail among the bootstraps of one requant whose accumulators carry `var`, when
-/// its low bits are removed by `steps`.
-pub fn requant_log2_pfail(r: &Requant, var: f64, params: &FheParams, steps: &[TruncStep]) -> f64 {
+/// its low bits are removed by `steps` (and `residual`, if any, is added along the way).
+pub fn requant_log2_pfail(
+    r: &Requant,
+    var: f64,
+    params: &FheParams,
+    steps: &[TruncStep],
+    residual: Option<&DeferredResidual>,
+) -> f64 {
     let key = |precise| if precise { Bootstrap::Precise } else { Bootstrap::Cheap };
+    let added = residual.map_or_else(|| vec![0.0; steps.len() + 1], |d| d.stage_variances(r.acc_bits, steps));
     let mut var = var;
     let mut held = r.acc_bits;
     let mut worst = f64::NEG_INFINITY;
-    for st in steps {
+    for (st, added) in steps.iter().zip(&added) {
+        var += added;
         if st.bits == 1 {
             // Sign bootstrap of ct * 2^held: the bit sits in a quarter of the torus.
             worst = worst.max(params.log2_pfail(var * 4f64.powi(held as i32), 0.25));
@@ -72,6 +103,7 @@ pub fn requant_log2_pfail(r: &Requant, var: f64, params: &FheParams, steps: &[Tr
         var += params.pbs_output_variance(key(st.precise));
         held -= st.bits;
     }
+    var += added[steps.len()];
     if r.split_table() {
         // The ciphertext doubled (padding bit dropped): W bits on the whole torus, half a slot
         // 2^-(W + 1), for the sign and the signed table; the low table also carries the sign's noise.
@@ -118,7 +150,12 @@ fn digit_sequences(shift: u32) -> Vec<Vec<u32>> {
 
 /// The cheapest truncation plan of one requant meeting the limit: digit sizes, and the fewest
 /// leading steps on the precise key. None if no plan does.
-pub fn plan_steps(r: &Requant, var: f64, params: &FheParams) -> Option<Vec<TruncStep>> {
+pub fn plan_steps(
+    r: &Requant,
+    var: f64,
+    params: &FheParams,
+    residual: Option<&DeferredResidual>,
+) -> Option<Vec<TruncStep>> {
     let mut best: Option<(f64, Vec<TruncStep>)> = None;
     for digits in digit_sequences(r.shift()) {
         for precise in 0..=digits.len() {
@@ -130,7 +167,7 @@ pub fn plan_steps(r: &Requant, var: f64, params: &FheParams) -> Option<Vec<Trunc
                     precise: i < precise,
                 })
                 .collect();
-            if requant_log2_pfail(r, var, params, &steps) <= LOG2_PFAIL_LIMIT {
+            if requant_log2_pfail(r, var, params, &steps, residual) <= LOG2_PFAIL_LIMIT {
                 let cost = relative_steps_cost(&steps, params);
                 if best.as_ref().is_none_or(|(c, _)| cost < *c) {
                     best = Some((cost, steps));
@@ -142,13 +179,19 @@ pub fn plan_steps(r: &Requant, var: f64, params: &FheParams) -> Option<Vec<Trunc
     best.map(|(_, steps)| steps)
 }
 
-/// Visit every requant with the variance of its accumulators; returns the output variance.
-/// Variances are per tensor, each the worst over its elements; a term read from a tensor with
-/// more encoding bits than the layer's output is multiplied by 2^(difference), its noise too.
-fn walk(circuit: &Circuit, params: &FheParams, mut visit: impl FnMut(usize, &Requant, f64)) -> f64 {
+/// Visit every requant with the variance of its accumulators and its deferred residual; returns
+/// the output variance. Variances are per tensor, each the worst over its elements; a term read
+/// from a tensor with more encoding bits than the layer's output is multiplied by 2^(difference),
+/// its noise too.
+fn walk(
+    circuit: &Circuit,
+    params: &FheParams,
+    mut visit: impl FnMut(usize, &Requant, f64, Option<&DeferredResidual>),
+) -> f64 {
     let enc = circuit.tensor_encodings();
     let mut var = vec![0f64; circuit.layers.len() + 1];
     var[0] = params.fresh_variance();
+    let mut deferred = None;
     for (i, layer) in circuit.layers.iter().enumerate() {
         var[i + 1] = match layer {
             Layer::Linear(l) => {
@@ -163,14 +206,22 @@ fn walk(circuit: &Circuit, params: &FheParams, mut visit: impl FnMut(usize, &Req
                     });
                     worst = worst.max(sum_sq);
                 }
-                let residual = l.residual.as_ref().map_or(0.0, |r| {
-                    let g = r.gains.iter().map(|g| (g * g) as f64).fold(0.0, f64::max);
-                    g * rescale(r.from)
+                deferred = circuit.deferred_residual(i).map(|residual| DeferredResidual {
+                    residual,
+                    bits: enc[residual.from],
+                    var: var[residual.from],
                 });
+                let residual = match (&l.residual, deferred) {
+                    (Some(r), None) => {
+                        let g = r.gains.iter().map(|g| (g * g) as f64).fold(0.0, f64::max);
+                        g * rescale(r.from)
+                    }
+                    _ => 0.0,
+                };
                 worst * rescale(l.input) + residual
             }
             Layer::Requant(r) => {
-                visit(i, r, var[i]);
+                visit(i, r, var[i], deferred.take().as_ref());
                 table_output_variance(r, params)
             }
         };
@@ -180,12 +231,12 @@ fn walk(circuit: &Circuit, params: &FheParams, mut visit: impl FnMut(usize, &Req
 
 pub fn analyse(circuit: &Circuit, params: &FheParams) -> NoiseReport {
     let mut layers = Vec::new();
-    let out_var = walk(circuit, params, |_, r, var| {
+    let out_var = walk(circuit, params, |_, r, var, residual| {
         layers.push(LayerNoise {
             name: r.name.clone(),
             acc_bits: r.acc_bits,
             lut_bits: r.lut_bits,
-            log2_pfail: requant_log2_pfail(r, var, params, &r.steps),
+            log2_pfail: requant_log2_pfail(r, var, params, &r.steps, residual),
         })
     });
     let half_step = 2f64.powi(-(circuit.output.bits as i32 + 2));
@@ -199,8 +250,8 @@ pub fn analyse(circuit: &Circuit, params: &FheParams) -> NoiseReport {
 /// no plan serves gets single-bit steps all on the precise key (and so fails the analysis).
 pub fn plan_truncation(circuit: &Circuit, params: &FheParams) -> Vec<(usize, Vec<TruncStep>)> {
     let mut plan = Vec::new();
-    walk(circuit, params, |i, r, var| {
-        let steps = plan_steps(r, var, params)
+    walk(circuit, params, |i, r, var, residual| {
+        let steps = plan_steps(r, var, params, residual)
             .unwrap_or_else(|| (0..r.shift()).map(|_| TruncStep { bits: 1, precise: true }).collect());
         plan.push((i, steps));
     });

@@ -24,9 +24,22 @@ fn quantize_rows(weights: &[f64], rows: usize, bits: u32, per_tensor: bool) -> (
     (q, scales)
 }
 
+/// Significant bits kept in a residual gain H_c: the rest are cleared, so that the deferred add
+/// (docs/circuit.md) can read the residual tensor with `RESIDUAL_GAIN_BITS` fewer bits below the
+/// gain's top than the accumulator holds, as coarsely as the next block's convolution reads it,
+/// instead of multiplying that block input's noise by 2^(difference). Costs the branch's weights at
+/// most 2^-(RESIDUAL_GAIN_BITS - 1) of their resolution.
+pub const RESIDUAL_GAIN_BITS: u32 = 6;
+
+/// `gain` with all but its `bits` highest significant bits cleared.
+fn keep_significant_bits(gain: i64, bits: u32) -> i64 {
+    let drop = (64 - gain.leading_zeros()).saturating_sub(bits);
+    gain >> drop << drop
+}
+
 /// Per-row weights in units of `unit / H_c` (`unit` = s_r / s_in), H_c the largest integer >= 1
-/// that keeps them within b bits (unclamped when even H_c = 1 exceeds them). Returns the integer
-/// weights, their scales and the gains H_c.
+/// that keeps them within b bits (unclamped when even H_c = 1 exceeds them), with only its
+/// [`RESIDUAL_GAIN_BITS`] highest bits kept. Returns the integer weights, their scales and the gains.
 fn quantize_rows_for_residual(weights: &[f64], rows: usize, bits: u32, unit: f64) -> (Vec<i64>, Vec<f64>, Vec<i64>) {
     let qmax = ((1i64 << (bits - 1)) - 1) as f64;
     let row_len = weights.len() / rows;
@@ -35,7 +48,10 @@ fn quantize_rows_for_residual(weights: &[f64], rows: usize, bits: u32, unit: f64
     let mut q = Vec::with_capacity(weights.len());
     for row in weights.chunks(row_len) {
         let max_abs = row.iter().fold(0f64, |m, w| m.max(w.abs())).max(1e-12);
-        let gain = ((unit * qmax / max_abs).floor() as i64).clamp(1, 1 << 20);
+        let gain = keep_significant_bits(
+            ((unit * qmax / max_abs).floor() as i64).clamp(1, 1 << 20),
+            RESIDUAL_GAIN_BITS,
+        );
         let scale = unit / gain as f64;
         q.extend(row.iter().map(|w| (w / scale).round() as i64));
         gains.push(gain);
@@ -247,6 +263,21 @@ impl<'a> Chain<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn residual_gains_keep_their_highest_bits() {
+        assert_eq!(keep_significant_bits(0b1011_0111, 6), 0b1011_0100);
+        assert_eq!(keep_significant_bits(45, 6), 45);
+        assert_eq!(keep_significant_bits(1, 6), 1);
+        assert_eq!(keep_significant_bits(1 << 20, 6), 1 << 20);
+        let (q, scales, gains) = quantize_rows_for_residual(&[0.5, -0.25, 0.01, 0.02], 2, 4, 1000.0);
+        assert_eq!(
+            gains,
+            vec![keep_significant_bits(14_000, 6), keep_significant_bits(350_000, 6)]
+        );
+        assert!(q.iter().all(|w| w.abs() <= 7), "{q:?}");
+        assert_eq!(scales[0], 1000.0 / gains[0] as f64);
+    }
 
     #[test]
     fn activation_quantization_saturates_at_any_magnitude() {

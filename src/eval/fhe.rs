@@ -13,7 +13,7 @@ use tfhe::core_crypto::fft_impl::fft64::math::fft::{Fft, FftView};
 use tfhe::core_crypto::prelude::*;
 
 use super::Tensors;
-use crate::circuit::{Circuit, Layer, Linear, Requant, TruncStep};
+use crate::circuit::{Circuit, Layer, Linear, Requant, Residual, TruncStep};
 use crate::keys::{delta, encode, EvaluationKey};
 use crate::params::{Bootstrap, FheParams};
 
@@ -378,13 +378,57 @@ impl LayerLuts {
     }
 }
 
-/// Runs the bootstraps of a requant layer. The CPU [`Engine`] is one; a GPU backend is another.
+/// A residual tensor added inside a requant's truncation, stage by stage (before each step, then
+/// before the table): [`crate::circuit::Residual::stage_multipliers`].
+pub struct DeferredAdd<'a> {
+    values: &'a [u64],
+    multipliers: Vec<Vec<u64>>,
+    per_channel: usize,
+}
+
+impl<'a> DeferredAdd<'a> {
+    /// `residual` added inside `requant`'s planned steps; `values` are its ciphertexts, encoded
+    /// with `residual_bits`.
+    pub fn new(residual: &Residual, requant: &Requant, values: &'a Ciphertexts, residual_bits: u32) -> Self {
+        DeferredAdd {
+            values: values.as_ref(),
+            multipliers: residual.stage_multipliers(requant.acc_bits, &requant.steps, residual_bits),
+            per_channel: requant.shape.per_channel(),
+        }
+    }
+
+    /// Adds stage `stage`'s part of the residual to accumulator `index`.
+    pub fn add(&self, stage: usize, index: usize, ct: &mut [u64]) {
+        let factor = self.multipliers[stage][index / self.per_channel];
+        if factor != 0 {
+            let size = ct.len();
+            for (c, r) in ct.iter_mut().zip(&self.values[index * size..(index + 1) * size]) {
+                *c = c.wrapping_add(r.wrapping_mul(factor));
+            }
+        }
+    }
+}
+
+/// Runs the bootstraps of a requant layer (adding a deferred residual along the way). The CPU
+/// [`Engine`] is one; a GPU backend is another.
 pub trait Bootstrapper {
-    fn requant(&self, layer: &Requant, input: Ciphertexts, progress: Option<&ProgressBar>) -> Ciphertexts;
+    fn requant(
+        &self,
+        layer: &Requant,
+        input: Ciphertexts,
+        residual: Option<&DeferredAdd>,
+        progress: Option<&ProgressBar>,
+    ) -> Ciphertexts;
 }
 
 impl Bootstrapper for Engine<'_> {
-    fn requant(&self, layer: &Requant, input: Ciphertexts, progress: Option<&ProgressBar>) -> Ciphertexts {
+    fn requant(
+        &self,
+        layer: &Requant,
+        input: Ciphertexts,
+        residual: Option<&DeferredAdd>,
+        progress: Option<&ProgressBar>,
+    ) -> Ciphertexts {
         let size = input.lwe_size().0;
         let luts = LayerLuts::new(&self.key.params, layer);
         let per_channel = layer.shape.per_channel();
@@ -396,8 +440,14 @@ impl Bootstrapper for Engine<'_> {
             .for_each_init(
                 || self.scratch(),
                 |scratch, (i, (ct, dst))| {
-                    for (step, held, step_luts) in &luts.steps {
+                    for (stage, (step, held, step_luts)) in luts.steps.iter().enumerate() {
+                        if let Some(r) = residual {
+                            r.add(stage, i, ct);
+                        }
                         self.truncation_step(scratch, ct, *held, *step, step_luts);
+                    }
+                    if let Some(r) = residual {
+                        r.add(luts.steps.len(), i, ct);
                     }
                     let channel = i / per_channel;
                     if let Some(split) = &luts.split {
@@ -473,10 +523,19 @@ pub fn resume<E>(
         let i = state.next_layer;
         state.step(circuit, &last_uses, |layer, x, held| match layer {
             Layer::Linear(l) => {
-                let residual = l.residual.as_ref().map(|r| (held.get(r.from), enc[r.from]));
+                let residual = match circuit.deferred_residual(i) {
+                    Some(_) => None,
+                    None => l.residual.as_ref().map(|r| (held.get(r.from), enc[r.from])),
+                };
                 linear(l, &x, enc[l.input], residual, enc[i + 1])
             }
-            Layer::Requant(r) => engine.requant(r, x, progress),
+            Layer::Requant(r) => {
+                let deferred = i
+                    .checked_sub(1)
+                    .and_then(|linear| circuit.deferred_residual(linear))
+                    .map(|res| DeferredAdd::new(res, r, held.get(res.from), enc[res.from]));
+                engine.requant(r, x, deferred.as_ref(), progress)
+            }
         });
         if matches!(circuit.layers[i], Layer::Requant(_)) {
             after_requant(&state)?;

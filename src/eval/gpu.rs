@@ -24,7 +24,7 @@ use tfhe::core_crypto::gpu::{
 };
 use tfhe::core_crypto::prelude::*;
 
-use super::fhe::{subtract, Bootstrapper, Ciphertexts, LayerLuts};
+use super::fhe::{subtract, Bootstrapper, Ciphertexts, DeferredAdd, LayerLuts};
 use crate::circuit::Requant;
 use crate::keys::StandardEvaluationKey;
 use crate::params::{Bootstrap, FheParams};
@@ -158,7 +158,13 @@ impl GpuEngine {
 }
 
 impl Bootstrapper for GpuEngine {
-    fn requant(&self, layer: &Requant, input: Ciphertexts, progress: Option<&ProgressBar>) -> Ciphertexts {
+    fn requant(
+        &self,
+        layer: &Requant,
+        input: Ciphertexts,
+        residual: Option<&DeferredAdd>,
+        progress: Option<&ProgressBar>,
+    ) -> Ciphertexts {
         let size = input.lwe_size().0;
         let count = input.lwe_ciphertext_count().0;
         let luts = LayerLuts::new(&self.params, layer);
@@ -179,7 +185,15 @@ impl Bootstrapper for GpuEngine {
         };
         let mut acc = input.into_container();
         let mut inputs = vec![0u64; acc.len()];
-        for (step, held, step_luts) in &luts.steps {
+        let add_residual = |acc: &mut [u64], stage: usize| {
+            if let Some(r) = residual {
+                acc.par_chunks_mut(size)
+                    .enumerate()
+                    .for_each(|(i, ct)| r.add(stage, i, ct));
+            }
+        };
+        for (stage, (step, held, step_luts)) in luts.steps.iter().enumerate() {
+            add_residual(&mut acc, stage);
             acc.par_chunks(size)
                 .zip(inputs.par_chunks_mut(size))
                 .for_each(|(ct, input)| step_luts.first_input(ct, input, *held, *step));
@@ -195,6 +209,7 @@ impl Bootstrapper for GpuEngine {
                     .for_each(|(ct, out)| subtract(ct, out));
             }
         }
+        add_residual(&mut acc, luts.steps.len());
         // A round in which ciphertext i reads its channel's table from `tables`, on the precise key.
         let by_channel = |inputs: &[u64], tables: &[GlweCiphertextOwned<u64>]| {
             let tables = self.upload_luts(tables);
