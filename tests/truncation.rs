@@ -9,7 +9,7 @@ use pkn::circuit::{Requant, Residual, Shape, TruncStep};
 use pkn::compile::noise::{plan_steps, DeferredResidual};
 use pkn::eval::clear::{lut_index, requant as requant_clear, table_output};
 use pkn::eval::fhe::{Bootstrapper, DeferredAdd, Engine};
-use pkn::keys::{decode, encode, ClientKey};
+use pkn::keys::{decode, encode, ClientKey, EvaluationKey};
 use pkn::params::{Bootstrap, FheParams};
 use rayon::prelude::*;
 use tfhe::core_crypto::prelude::{CiphertextModulus, ContiguousEntityContainer, LweCiphertextList, LweSize};
@@ -48,15 +48,45 @@ fn real_activations(engine: &Engine, client: &ClientKey, acc_bits: u32) -> (Vec<
     (activations, weights, base)
 }
 
+/// The 2^12 x 3 key set: its parameters, the client key and the expanded evaluation key.
+fn keys() -> (FheParams, ClientKey, EvaluationKey) {
+    let params = FheParams::stock_2_2_with_pbs(12, 3);
+    let (client, server) = ClientKey::generate(params);
+    (params, client, server.expand())
+}
+
+/// Runs `requant` on the accumulator ciphertexts in `container` (adding `residual` along the way)
+/// and checks every decrypted output against the clear layer on `accs`; `case(i)` names output i.
+fn check_requant(
+    engine: &Engine,
+    client: &ClientKey,
+    requant: &Requant,
+    container: Vec<u64>,
+    residual: Option<&DeferredAdd>,
+    accs: &[i64],
+    case: &dyn Fn(usize) -> String,
+) {
+    let size = LweSize(container.len() / accs.len());
+    let input = LweCiphertextList::from_container(container, size, CiphertextModulus::new_native());
+    let out = engine.requant(requant, input, residual, None);
+    let want = requant_clear(requant, accs);
+    for (i, ct) in out.iter().enumerate() {
+        assert_eq!(
+            decode(client.phase(ct.as_ref()), requant.output_encoding_bits),
+            want[i],
+            "{}",
+            case(i)
+        );
+    }
+}
+
 fn steps(bits: &[u32], precise: bool) -> Vec<TruncStep> {
     bits.iter().map(|&bits| TruncStep { bits, precise }).collect()
 }
 
 #[test]
 fn every_truncation_step_and_table_output_match_the_clear_values() {
-    let params = FheParams::stock_2_2_with_pbs(12, 3);
-    let (client, server) = ClientKey::generate(params);
-    let key = server.expand();
+    let (params, client, key) = keys();
     let engine = Engine::new(&key);
     let lut_bits = 4u32;
     let table: Vec<i64> = (0..16).map(|t| (t * 7 + 3) % 16).collect();
@@ -141,9 +171,7 @@ fn every_truncation_step_and_table_output_match_the_clear_values() {
 /// values outside the window (which wrap modulo 2^5): the whole layer, FHE against clear.
 #[test]
 fn split_tables_match_the_clear_values_on_every_index() {
-    let params = FheParams::stock_2_2_with_pbs(12, 3);
-    let (client, server) = ClientKey::generate(params);
-    let key = server.expand();
+    let (params, client, key) = keys();
     let engine = Engine::new(&key);
     let lut_bits = 5u32;
     // Two channels with signed outputs whose halves differ by odd amounts (half units in M and D).
@@ -183,19 +211,9 @@ fn split_tables_match_the_clear_values_on_every_index() {
                 accs.push(target);
             }
         }
-        let size = activations[0].len();
-        let input = LweCiphertextList::from_container(container, LweSize(size), CiphertextModulus::new_native());
-        let out = engine.requant(&requant, input, None, None);
-        let want = requant_clear(&requant, &accs);
-        for (i, ct) in out.iter().enumerate() {
-            assert_eq!(
-                decode(client.phase(ct.as_ref()), 7),
-                want[i],
-                "B={acc_bits} channel {} accumulator {}",
-                i / per_channel,
-                accs[i]
-            );
-        }
+        check_requant(&engine, &client, &requant, container, None, &accs, &|i| {
+            format!("B={acc_bits} channel {} accumulator {}", i / per_channel, accs[i])
+        });
     }
 }
 
@@ -204,9 +222,7 @@ fn split_tables_match_the_clear_values_on_every_index() {
 /// accumulators with low bits all 0 and all 1 and outside the window; FHE against clear.
 #[test]
 fn a_deferred_residual_matches_the_clear_add_on_edge_values() {
-    let params = FheParams::stock_2_2_with_pbs(12, 3);
-    let (client, server) = ClientKey::generate(params);
-    let key = server.expand();
+    let (params, client, key) = keys();
     let engine = Engine::new(&key);
     let (acc_bits, lut_bits) = (14u32, 4u32);
     let shift = acc_bits - lut_bits;
@@ -276,21 +292,14 @@ fn a_deferred_residual_matches_the_clear_add_on_edge_values() {
                     ));
                 }
             }
-            let input = LweCiphertextList::from_container(container, LweSize(size), CiphertextModulus::new_native());
             let add = DeferredAdd::new(&residual, &requant, &r_values, residual_bits);
-            let out = engine.requant(&requant, input, Some(&add), None);
             let accs: Vec<i64> = (0..3).flat_map(|_| targets).collect();
-            let want = requant_clear(&requant, &accs);
-            for (i, ct) in out.iter().enumerate() {
-                assert_eq!(
-                    decode(client.phase(ct.as_ref()), 8),
-                    want[i],
+            check_requant(&engine, &client, &requant, container, Some(&add), &accs, &|i| {
+                format!(
                     "gains {:?} steps {:?} accumulator {}",
-                    residual.gains,
-                    requant.steps,
-                    accs[i]
-                );
-            }
+                    residual.gains, requant.steps, accs[i]
+                )
+            });
         }
     }
 }
