@@ -417,8 +417,8 @@ impl Circuit {
     /// deferred residual is read by the requant after its linear layer.
     pub fn last_uses(&self) -> Vec<usize> {
         let mut last = self.direct_last_uses();
-        for i in 0..self.layers.len() {
-            if let Some(r) = self.deferred_residual(i) {
+        for (i, deferred) in self.deferred_residuals().into_iter().enumerate() {
+            if let Some(r) = deferred {
                 last[r.from] = last[r.from].max(i + 1);
             }
         }
@@ -436,16 +436,17 @@ impl Circuit {
         last
     }
 
-    /// The residual of linear layer `i` when the encrypted evaluation adds it inside the truncation
-    /// of the requant that follows (the only reader of the layer's output) rather than in the
-    /// linear layer: the same integers, with less noise (docs/circuit.md).
-    pub fn deferred_residual(&self, i: usize) -> Option<&Residual> {
-        match (self.layers.get(i), self.layers.get(i + 1)) {
-            (Some(Layer::Linear(l)), Some(Layer::Requant(_))) if self.direct_last_uses()[i + 1] == i + 1 => {
-                l.residual.as_ref()
-            }
-            _ => None,
-        }
+    /// For every layer i, the residual of linear layer i when the encrypted evaluation adds it
+    /// inside the truncation of the requant that follows (the only reader of the layer's output)
+    /// rather than in the linear layer: the same integers, with less noise (docs/circuit.md).
+    pub fn deferred_residuals(&self) -> Vec<Option<&Residual>> {
+        let last = self.direct_last_uses();
+        (0..self.layers.len())
+            .map(|i| match (&self.layers[i], self.layers.get(i + 1)) {
+                (Layer::Linear(l), Some(Layer::Requant(_))) if last[i + 1] == i + 1 => l.residual.as_ref(),
+                _ => None,
+            })
+            .collect()
     }
 
     /// The encoding (B of `Delta = 2^(63 - B)`) of every tensor. A requant reads its accumulator
@@ -457,6 +458,7 @@ impl Circuit {
         let n = self.layers.len();
         let mut enc = vec![0u32; n + 1];
         enc[n] = self.output.bits;
+        let deferred = self.deferred_residuals();
         for i in (0..n).rev() {
             let (t, needs) = match &self.layers[i] {
                 Layer::Requant(r) => (i, r.acc_bits),
@@ -464,7 +466,7 @@ impl Circuit {
             };
             enc[t] = enc[t].max(needs);
             if let Layer::Linear(Linear { residual: Some(r), .. }) = &self.layers[i] {
-                let need = match self.deferred_residual(i) {
+                let need = match deferred[i] {
                     Some(_) => needs.saturating_sub(r.gain_trailing_zeros(needs)).max(1),
                     None => needs,
                 };

@@ -189,6 +189,7 @@ fn walk(
     mut visit: impl FnMut(usize, &Requant, f64, Option<&DeferredResidual>),
 ) -> f64 {
     let enc = circuit.tensor_encodings();
+    let deferred_residuals = circuit.deferred_residuals();
     let mut var = vec![0f64; circuit.layers.len() + 1];
     var[0] = params.fresh_variance();
     let mut deferred = None;
@@ -206,7 +207,7 @@ fn walk(
                     });
                     worst = worst.max(sum_sq);
                 }
-                deferred = circuit.deferred_residual(i).map(|residual| DeferredResidual {
+                deferred = deferred_residuals[i].map(|residual| DeferredResidual {
                     residual,
                     bits: enc[residual.from],
                     var: var[residual.from],

@@ -519,22 +519,23 @@ pub fn resume<E>(
 ) -> Result<Ciphertexts, E> {
     let last_uses = circuit.last_uses();
     let enc = circuit.tensor_encodings();
+    let deferred = circuit.deferred_residuals();
     while state.next_layer < circuit.layers.len() {
         let i = state.next_layer;
         state.step(circuit, &last_uses, |layer, x, held| match layer {
             Layer::Linear(l) => {
-                let residual = match circuit.deferred_residual(i) {
+                let residual = match deferred[i] {
                     Some(_) => None,
                     None => l.residual.as_ref().map(|r| (held.get(r.from), enc[r.from])),
                 };
                 linear(l, &x, enc[l.input], residual, enc[i + 1])
             }
             Layer::Requant(r) => {
-                let deferred = i
+                let add = i
                     .checked_sub(1)
-                    .and_then(|linear| circuit.deferred_residual(linear))
+                    .and_then(|linear| deferred[linear])
                     .map(|res| DeferredAdd::new(res, r, held.get(res.from), enc[res.from]));
-                engine.requant(r, x, deferred.as_ref(), progress)
+                engine.requant(r, x, add.as_ref(), progress)
             }
         });
         if matches!(circuit.layers[i], Layer::Requant(_)) {
