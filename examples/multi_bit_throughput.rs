@@ -70,12 +70,10 @@ fn main() {
         .par_iter()
         .map_init(
             || {
-                let mut b = ComputationBuffers::new();
-                b.resize(
+                buffers(
                     blind_rotate_assign_mem_optimized_requirement::<u64>(glwe_dim.to_glwe_size(), poly, fft.as_view())
                         .unaligned_bytes_required(),
-                );
-                b
+                )
             },
             |buffers, ct| {
                 let switched = lwe_ciphertext_centered_binary_modulus_switch::<u64, usize, _>(ct.as_view(), log_mod);
@@ -156,13 +154,11 @@ fn main() {
             .par_iter()
             .map_init(
                 || {
-                    let mut b = ComputationBuffers::new();
-                    b.resize(
-                        add_external_product_assign_scratch::<u64>(glwe_dim.to_glwe_size(), poly, fft.as_view())
-                            .unaligned_bytes_required(),
-                    );
                     (
-                        b,
+                        buffers(
+                            add_external_product_assign_scratch::<u64>(glwe_dim.to_glwe_size(), poly, fft.as_view())
+                                .unaligned_bytes_required(),
+                        ),
                         FourierGgswCiphertext::new(
                             glwe_dim.to_glwe_size(),
                             poly,
@@ -215,4 +211,11 @@ fn main() {
             out[0] >> 60
         );
     }
+}
+
+/// Scratch memory of `bytes` for tfhe's Fourier kernels.
+fn buffers(bytes: usize) -> ComputationBuffers {
+    let mut b = ComputationBuffers::new();
+    b.resize(bytes);
+    b
 }

@@ -76,7 +76,7 @@ def load_qnet(path):
     meta, tensors = read_safetensors(path)
     arch = json.loads(meta["architecture"])
     q = arch["quantization"]
-    net = QNet(arch, margin=q.get("window_margin") or 0.25, act_clip=q.get("activation_clip", 0.001))
+    net = QNet(arch, margin=q.get("window_margin", 0.25), act_clip=q.get("activation_clip", 0.001))
     net = net.double()
     net.load_pkn_tensors(tensors)
     return net

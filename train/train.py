@@ -100,18 +100,52 @@ def augment(images_u8, shift=2):
     return padded[torch.arange(n, device=dev)[:, None, None], rows, cols]
 
 
-def train_epoch(model, opt, xtr, ytr, lr, frozen, batch, augmented):
-    """One epoch at learning rate `lr` with the optimizer `opt`."""
+def loss_of(out, y, soft, a):
+    """Cross-entropy, mixed with the teacher's soft labels (Hinton et al.'s distillation) when `soft`
+    holds the teacher's logits for the batch."""
+    ce = F.cross_entropy(out, y)
+    if soft is None:
+        return ce
+    t = a.temperature
+    kd = F.kl_div(F.log_softmax(out / t, 1), F.log_softmax(soft / t, 1), log_target=True, reduction="batchmean")
+    return (1 - a.distill) * ce + a.distill * t * t * kd
+
+
+def teacher_logits(a, xtr):
+    """The float logits of --teacher on the training images, read from --teacher-logits if it exists
+    (written there otherwise): the teacher runs once, not once per training run."""
+    if a.teacher_logits and os.path.exists(a.teacher_logits):
+        return torch.load(a.teacher_logits).to(xtr.device)
+    meta, tensors = read_safetensors(a.teacher)
+    teacher = QNet(json.loads(meta["architecture"]))
+    teacher.load_pkn_tensors(tensors)
+    teacher.float().to(xtr.device)
+    teacher.set_float(True)
+    teacher.eval()
+    out, start = [], time.time()
+    with torch.no_grad():
+        for i in range(0, len(xtr), 500):
+            out.append(logits(teacher, xtr[i:i + 500]).float())
+            print(f"  teacher: {i + 500} / {len(xtr)} training images, {time.time() - start:.0f} s", flush=True)
+    soft = torch.cat(out)
+    if a.teacher_logits:
+        torch.save(soft.cpu(), a.teacher_logits)
+    return soft
+
+
+def train_epoch(model, opt, xtr, ytr, lr, frozen, a, soft=None):
+    """One epoch at learning rate `lr` with the optimizer `opt` (distilled when `soft` holds the
+    teacher's logits of every training image)."""
     for group in opt.param_groups:
         group["lr"] = lr
     model.train()
     model.freeze(frozen)
     perm = torch.randperm(len(xtr), device=xtr.device)
     start, skipped = time.time(), 0
-    for n, i in enumerate(range(0, len(xtr), batch), start=1):
-        idx = perm[i:i + batch]
-        x = augment(xtr[idx]) if augmented else xtr[idx]
-        loss = F.cross_entropy(logits(model, x), ytr[idx])
+    for n, i in enumerate(range(0, len(xtr), a.batch), start=1):
+        idx = perm[i:i + a.batch]
+        x = augment(xtr[idx]) if a.augment else xtr[idx]
+        loss = loss_of(logits(model, x), ytr[idx], None if soft is None else soft[idx], a)
         if not torch.isfinite(loss):  # a polynomial blow-up: skip the batch rather than poison the weights
             skipped += 1
             continue
@@ -123,7 +157,7 @@ def train_epoch(model, opt, xtr, ytr, lr, frozen, batch, augmented):
         opt.step()
 
 
-def train_phase(model, a, xtr, ytr, epochs, lr_of_epoch, frozen, before=None, after=None):
+def train_phase(model, a, xtr, ytr, epochs, lr_of_epoch, frozen, before=None, after=None, soft=None):
     """`epochs` epochs at learning rate `lr_of_epoch(e)`, with a fresh Adam every epoch (how tiny-pkn and
     cnn-pkn were trained), or one for the whole phase with --keep-optimizer. `before()` runs before
     each epoch, `after(e)` after epoch e."""
@@ -133,7 +167,7 @@ def train_phase(model, a, xtr, ytr, epochs, lr_of_epoch, frozen, before=None, af
             opt = torch.optim.Adam(model.parameters())
         if before:
             before()
-        train_epoch(model, opt, xtr, ytr, lr_of_epoch(epoch), frozen, a.batch, a.augment)
+        train_epoch(model, opt, xtr, ytr, lr_of_epoch(epoch), frozen, a, soft)
         if after:
             after(epoch + 1)
 
@@ -166,10 +200,18 @@ def main():
     p.add_argument("--lut-bits", type=widths, default=4,
                    help="bits each table reads: N for every layer, or NAME=N,... per layer (others 4)")
     p.add_argument("--margin", type=float, default=0.25)
+    p.add_argument("--export-margin", type=float,
+                   help="the window margin written into the model for the compiler (default --margin); the "
+                        "final accuracy is measured with it")
     p.add_argument("--act-clip", type=float, default=0.001, help="fraction clipped at each end of activation ranges")
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--augment", action="store_true", help="random flips and 2-pixel shifts of the training images")
     p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--teacher", help="distil from this model file's float network (for example "
+                   "weights/resnet18-pkn.safetensors) in every phase; not with --augment")
+    p.add_argument("--teacher-logits", help="cache of the teacher's training-set logits (.pt): read if it exists, else written")
+    p.add_argument("--distill", type=float, default=0.7, help="weight of the teacher's soft labels in the loss")
+    p.add_argument("--temperature", type=float, default=4.0, help="softmax temperature of the distillation")
     p.add_argument("--keep-optimizer", action="store_true",
                    help="one Adam per phase, its moments carried across epochs (default: a fresh one every epoch)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -181,6 +223,8 @@ def main():
     p.add_argument("--data", default=DATA)
     p.add_argument("--out", default=None)
     a = p.parse_args()
+    if a.teacher and a.augment:
+        p.error("--teacher labels the training images as they are: it cannot be combined with --augment")
     torch.manual_seed(a.seed)
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", os.cpu_count() or 1)))
     arch = ZOO[a.model](quantization(a.input_bits, a.weight_bits, a.act_bits, a.margin, a.act_clip, a.lut_bits))
@@ -193,6 +237,10 @@ def main():
     xtr, ytr, xte, yte = xtr[:a.train_images], ytr[:a.train_images], xte[:a.test_images], yte[:a.test_images]
     xtr, ytr, xte, yte, calib = (t.to(a.device) for t in (xtr, ytr, xte, yte, calib))
     torch.backends.cudnn.benchmark = True
+    soft = teacher_logits(a, xtr) if a.teacher else None
+    if soft is not None:
+        print(f"teacher's accuracy on the training images: {(soft.argmax(1) == ytr).float().mean().item():.4f}",
+              flush=True)
 
     meta = {"format": "pkn-model", "version": "1", "architecture": json.dumps(arch)}
     model = QNet(arch, margin=a.margin, act_clip=a.act_clip)
@@ -207,7 +255,7 @@ def main():
             save_safetensors(model.state_dict_for_pkn(), a.save_float, meta)
 
     train_phase(model, a, xtr, ytr, a.float_epochs, lambda e: cosine(a.float_lr or a.lr, e, a.float_epochs), False,
-                after=float_epoch_done)
+                after=float_epoch_done, soft=soft)
     model.set_float(False)
     if a.ptq_accuracy:
         print(f"post-training quantization of the float model: integer-circuit test accuracy "
@@ -215,9 +263,14 @@ def main():
         model.float()
     train_phase(model, a, xtr, ytr, a.epochs, lambda e: cosine(a.lr, e, a.epochs), False,
                 after=lambda e: print(f"phase 1 epoch {e}: test accuracy (moving windows) "
-                                      f"{accuracy(model, xte, yte):.4f}", flush=True))
+                                      f"{accuracy(model, xte, yte):.4f}", flush=True), soft=soft)
     train_phase(model, a, xtr, ytr, a.finetune, lambda e: a.lr * 0.05, True, before=lambda: model.calibrate(calib),
-                after=lambda e: print(f"phase 2 epoch {e}: done", flush=True))
+                after=lambda e: print(f"phase 2 epoch {e}: done", flush=True), soft=soft)
+    if a.export_margin is not None:
+        arch["quantization"]["window_margin"] = a.export_margin
+        meta["architecture"] = json.dumps(arch)
+        for st in model.qlinears:
+            st.margin = a.export_margin
     acc = integer_accuracy(model, calib, xte, yte)
     print(f"integer-circuit test accuracy (emulated, what pkn eval reports): {acc:.4f}", flush=True)
 
