@@ -115,7 +115,11 @@ def teacher_logits(a, xtr):
     """The float logits of --teacher on the training images, read from --teacher-logits if it exists
     (written there otherwise): the teacher runs once, not once per training run."""
     if a.teacher_logits and os.path.exists(a.teacher_logits):
-        return torch.load(a.teacher_logits).to(xtr.device)
+        soft = torch.load(a.teacher_logits)
+        if len(soft) != len(xtr):
+            raise SystemExit(f"{a.teacher_logits} holds logits of {len(soft)} training images, not {len(xtr)}: "
+                             "remove it or use the same --train-images")
+        return soft.to(xtr.device)
     meta, tensors = read_safetensors(a.teacher)
     teacher = QNet(json.loads(meta["architecture"]))
     teacher.load_pkn_tensors(tensors)
@@ -126,7 +130,8 @@ def teacher_logits(a, xtr):
     with torch.no_grad():
         for i in range(0, len(xtr), 500):
             out.append(logits(teacher, xtr[i:i + 500]).float())
-            print(f"  teacher: {i + 500} / {len(xtr)} training images, {time.time() - start:.0f} s", flush=True)
+            print(f"  teacher: {min(i + 500, len(xtr))} / {len(xtr)} training images, {time.time() - start:.0f} s",
+                  flush=True)
     soft = torch.cat(out)
     if a.teacher_logits:
         torch.save(soft.cpu(), a.teacher_logits)
