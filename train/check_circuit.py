@@ -23,7 +23,7 @@ import torch
 
 from architectures import conv, fashion_mnist_model, pkn_bn, quantization
 from pknq import QNet
-from train import DATA, HERE, read_idx, read_safetensors, save_safetensors
+from train import DATA, HERE, load_model, read_idx, save_safetensors
 
 
 def write_png(path, pixels):
@@ -72,14 +72,6 @@ def write_random_residual(path, seed=0):
                      {"format": "pkn-model", "version": "1", "architecture": json.dumps(arch)})
 
 
-def load_qnet(path):
-    meta, tensors = read_safetensors(path)
-    arch = json.loads(meta["architecture"])
-    q = arch["quantization"]
-    net = QNet(arch, margin=q.get("window_margin", 0.25), act_clip=q.get("activation_clip", 0.001))
-    net = net.double()
-    net.load_pkn_tensors(tensors)
-    return net
 
 
 def pkn_scores(pkn, model, png):
@@ -103,7 +95,7 @@ def main():
         model = a.random_residual
     if not model:
         p.error("give a model or --random-residual PATH")
-    net = load_qnet(model)
+    net = load_model(model).double()
     calib = torch.tensor(read_idx(os.path.join(HERE, "..", "weights", "calibration-images.idx")).copy())
     net.calibrate(calib)
     test = read_idx(os.path.join(a.data, "t10k-images-idx3-ubyte.gz"))[:a.images]

@@ -63,6 +63,16 @@ def read_safetensors(path):
     return meta, tensors
 
 
+def load_model(path):
+    """A pkn model file as a QNet: its architecture, margin and activation clip, and its tensors."""
+    meta, tensors = read_safetensors(path)
+    arch = json.loads(meta["architecture"])
+    q = arch["quantization"]
+    net = QNet(arch, margin=q.get("window_margin", 0.25), act_clip=q.get("activation_clip", 0.001))
+    net.load_pkn_tensors(tensors)
+    return net
+
+
 def read_idx(path):
     opener = gzip.open if path.endswith(".gz") else open
     with opener(path, "rb") as f:
@@ -120,9 +130,7 @@ def teacher_logits(a, xtr):
             raise SystemExit(f"{a.teacher_logits} holds logits of {len(soft)} training images, not {len(xtr)}: "
                              "remove it or use the same --train-images")
         return soft.to(xtr.device)
-    meta, tensors = read_safetensors(a.teacher)
-    teacher = QNet(json.loads(meta["architecture"]))
-    teacher.load_pkn_tensors(tensors)
+    teacher = load_model(a.teacher)
     teacher.float().to(xtr.device)
     teacher.set_float(True)
     teacher.eval()
