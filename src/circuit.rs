@@ -13,7 +13,9 @@ use crate::params::{Bootstrap, FheParams};
 /// Version of the serialised circuit (and of the compiler's output semantics). 3: 5-bit tables
 /// are split tables, whose index wraps modulo 2^5 outside the window. 4: residual gains keep
 /// their 6 highest bits (networks without residual adds compile to the same integers as in 3).
-pub const CIRCUIT_VERSION: u32 = 4;
+/// 5: a split table's last truncation step also removes the table's lowest bit, and the table
+/// outputs what a direct one would (the sign of the padding bit included).
+pub const CIRCUIT_VERSION: u32 = 5;
 
 /// Channels, height, width.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -139,7 +141,8 @@ fn low_mask(bits: u32) -> u64 {
 
 /// Widest table one bootstrap reads at 2^-64 (4 bits plus the padding bit, N = 2048).
 pub const DIRECT_TABLE_BITS: u32 = 4;
-/// Widest table the FHE evaluator runs: 5 bits, as a split table of three bootstraps.
+/// Widest table the FHE evaluator runs: 5 bits, as a split table of two bootstraps after its
+/// lowest bit is read by the last truncation step.
 pub const MAX_FHE_TABLE_BITS: u32 = 5;
 
 /// Exact truncation followed by one table lookup per activation.
@@ -147,8 +150,7 @@ pub const MAX_FHE_TABLE_BITS: u32 = 5;
 /// With `m` the accumulator, `s = acc_bits - lut_bits` and `t = (m >> s) mod 2^(lut_bits + 1)`
 /// (floor shift), a direct table (W <= 4) outputs `tables[c][t]` if `t < 2^lut_bits`, else
 /// `-tables[c][t - 2^lut_bits]` (the negacyclic half of the bootstrap; reached only when m left
-/// its window). A split table (W = 5, docs/circuit.md) outputs `tables[c][t mod 2^lut_bits]`:
-/// it drops the padding bit, so a value outside its window wraps around without a sign.
+/// its window). A split table (W = 5, docs/circuit.md) outputs the same.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Requant {
     pub name: String,
@@ -163,8 +165,8 @@ pub struct Requant {
     pub output_encoding_bits: u32,
     /// Width of the output activations (unsigned).
     pub output_bits: u32,
-    /// How the `acc_bits - lut_bits` low bits are removed, lowest first; set by the parameter
-    /// choice. Affects cost and noise only, never the result.
+    /// How the low bits are removed, lowest first ([`Requant::truncated_bits`] of them); set by
+    /// the parameter choice. Affects cost and noise only, never the result.
     pub steps: Vec<TruncStep>,
 }
 
@@ -172,6 +174,11 @@ pub struct Requant {
 ///
 /// One bit costs one sign bootstrap. A digit of 2 to 4 bits costs two: a sign bootstrap that clears
 /// the bit above the digit (always with the cheap key), then a table that returns the digit.
+///
+/// The last step before a split table also removes the table's lowest bit and keeps it for the
+/// table: a single bit, or `bits - 1` (1 to 4) digit bits and the bit above them (2 to 5 bits),
+/// whose sign bootstrap (with the step's key) reads that bit, while the digit's table uses the
+/// cheap key (docs/circuit.md).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TruncStep {
     pub bits: u32,
@@ -195,15 +202,20 @@ impl Requant {
         self.acc_bits - self.lut_bits
     }
 
-    /// Whether the table is wider than one bootstrap reads, and so split in three (docs/circuit.md).
+    /// Whether the table is wider than one bootstrap reads, and so split (docs/circuit.md).
     pub fn split_table(&self) -> bool {
         self.lut_bits > DIRECT_TABLE_BITS
     }
 
-    /// Bootstraps of the table itself: one, or three for a split table (a cheap sign, two tables).
+    /// Bits the truncation steps remove: [`Requant::shift`], and a split table's lowest bit.
+    pub fn truncated_bits(&self) -> u32 {
+        self.shift() + u32::from(self.split_table())
+    }
+
+    /// Bootstraps of the table itself: one, or two for a split table (its halves).
     pub fn table_pbs_per_activation(&self) -> u64 {
         if self.split_table() {
-            3
+            2
         } else {
             1
         }
@@ -227,12 +239,7 @@ impl Requant {
     /// Relative cost of one activation in stock bootstraps.
     pub fn relative_cost(&self, params: &FheParams) -> f64 {
         let precise = params.relative_pbs_cost(Bootstrap::Precise);
-        let table = if self.split_table() {
-            2.0 * precise + params.relative_pbs_cost(Bootstrap::Cheap)
-        } else {
-            precise
-        };
-        relative_steps_cost(&self.steps, params) + table
+        relative_steps_cost(&self.steps, params) + precise * self.table_pbs_per_activation() as f64
     }
 
     /// The cost model's estimate of this layer's encrypted time on 2 cores, in seconds.

@@ -167,8 +167,10 @@ fn every_truncation_step_and_table_output_match_the_clear_values() {
     assert!(checked.into_inner() >= 300);
 }
 
-/// A 5-bit split table (three bootstraps) on every index, with low bits all 0 and all 1, and on
-/// values outside the window (which wrap modulo 2^5): the whole layer, FHE against clear.
+/// A 5-bit split table (its lowest bit read by the last truncation step, then two bootstraps) on
+/// every index, with low bits all 0 and all 1, and on values outside the window (the negacyclic
+/// wrap of a direct table), after the planned steps and after forced ones (a single-bit last step,
+/// a 2-bit digit with the table's bit, single bits): the whole layer, FHE against clear.
 #[test]
 fn split_tables_match_the_clear_values_on_every_index() {
     let (params, client, key) = keys();
@@ -202,18 +204,33 @@ fn split_tables_match_the_clear_values_on_every_index() {
         };
         let norm2: i64 = weights.iter().map(|w| w * w).sum();
         let var = params.pbs_output_variance(Bootstrap::Precise) * norm2 as f64;
-        requant.steps = plan_steps(&requant, var, &params, None).expect("the planner finds an exact plan");
-        let mut container = Vec::new();
-        let mut accs = Vec::new();
-        for _ in 0..2 {
-            for &target in &targets {
-                container.extend(weighted_sum(&activations, &weights, encode(target - base, acc_bits)));
-                accs.push(target);
+        let planned = plan_steps(&requant, var, &params, None).expect("the planner finds an exact plan");
+        let forced: &[&[u32]] = if shift == 0 {
+            &[]
+        } else {
+            &[&[4, 1], &[2, 3], &[1, 1, 1, 1, 1]]
+        };
+        let plans = std::iter::once(planned).chain(forced.iter().map(|bits| steps(bits, true)));
+        for plan in plans {
+            assert_eq!(plan.iter().map(|s| s.bits).sum::<u32>(), shift + 1);
+            requant.steps = plan;
+            let mut container = Vec::new();
+            let mut accs = Vec::new();
+            for _ in 0..2 {
+                for &target in &targets {
+                    container.extend(weighted_sum(&activations, &weights, encode(target - base, acc_bits)));
+                    accs.push(target);
+                }
             }
+            check_requant(&engine, &client, &requant, container, None, &accs, &|i| {
+                format!(
+                    "B={acc_bits} steps {:?} channel {} accumulator {}",
+                    requant.steps,
+                    i / per_channel,
+                    accs[i]
+                )
+            });
         }
-        check_requant(&engine, &client, &requant, container, None, &accs, &|i| {
-            format!("B={acc_bits} channel {} accumulator {}", i / per_channel, accs[i])
-        });
     }
 }
 
@@ -222,9 +239,21 @@ fn split_tables_match_the_clear_values_on_every_index() {
 /// accumulators with low bits all 0 and all 1 and outside the window; FHE against clear.
 #[test]
 fn a_deferred_residual_matches_the_clear_add_on_edge_values() {
+    deferred_residual_on_edge_values(4);
+}
+
+/// The same before a split table, whose last step also reads the table's lowest bit.
+#[test]
+fn a_deferred_residual_before_a_split_table_matches_the_clear_add() {
+    deferred_residual_on_edge_values(5);
+}
+
+/// A deferred residual into a 14-bit accumulator and a `lut_bits` table: 10 bits removed by the
+/// truncation steps either way.
+fn deferred_residual_on_edge_values(lut_bits: u32) {
     let (params, client, key) = keys();
     let engine = Engine::new(&key);
-    let (acc_bits, lut_bits) = (14u32, 4u32);
+    let acc_bits = 14u32;
     let shift = acc_bits - lut_bits;
     let (activations, weights, base) = real_activations(&engine, &client, acc_bits);
     let step = 1i64 << shift;
@@ -240,7 +269,7 @@ fn a_deferred_residual_matches_the_clear_add_on_edge_values() {
         2 * window - 1,
     ];
     let rs: Vec<i64> = (0..targets.len() as i64).map(|k| (k * 7 + 3) % 16).collect();
-    let table: Vec<i64> = (0..16).map(|t| (t * 5 + 1) % 16).collect();
+    let table: Vec<i64> = (0..1i64 << lut_bits).map(|t| (t * 5 + 1) % 16).collect();
     let norm2: i64 = weights.iter().map(|w| w * w).sum();
     let var = params.pbs_output_variance(Bootstrap::Precise) * norm2 as f64;
     for gains in [vec![2923i64, 1023, 448], vec![8 * 45, 8 * 127, 64 * 5]] {

@@ -68,7 +68,11 @@ pub fn run(a: Args) -> anyhow::Result<()> {
                 println!(
                     "{:<10} {:<32} {:>10} {:>6} {:>5} {:>10} {:>12.1} {:>8.1}",
                     r.name,
-                    format!("truncate {} + table", steps_label(&r.steps)),
+                    format!(
+                        "truncate {} + {}table",
+                        steps_label(&r.steps, r.split_table()),
+                        if r.split_table() { "split " } else { "" }
+                    ),
                     r.shape.len(),
                     r.acc_bits,
                     r.lut_bits,
@@ -112,14 +116,23 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     }
 }
 
-/// Truncation steps as "4+2 bits" with precise steps marked by "*".
-fn steps_label(steps: &[crate::circuit::TruncStep]) -> String {
-    if steps.is_empty() {
-        return "0 bits".into();
-    }
+/// Truncation steps as "4+2 bits" with precise steps marked by "*"; before a split table, the last
+/// step's read of the table's lowest bit shows as a final "+1".
+fn steps_label(steps: &[crate::circuit::TruncStep], split: bool) -> String {
     let parts: Vec<String> = steps
         .iter()
-        .map(|s| format!("{}{}", s.bits, if s.precise { "*" } else { "" }))
+        .enumerate()
+        .map(|(i, s)| {
+            let mark = if s.precise { "*" } else { "" };
+            match (split && i + 1 == steps.len(), s.bits) {
+                (true, 1) => format!("0+1{mark}"),
+                (true, bits) => format!("{}+1{mark}", bits - 1),
+                (false, bits) => format!("{bits}{mark}"),
+            }
+        })
         .collect();
+    if parts.is_empty() {
+        return "0 bits".into();
+    }
     format!("{} bits", parts.join("+"))
 }

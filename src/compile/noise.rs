@@ -4,8 +4,9 @@
 //! linear output has variance sum(w^2) * var(in); a truncation step on `L` held bits amplifies the
 //! ciphertext noise by 2^L before its sign bootstrap, whose input must stay within 1/4 of its
 //! centre; each step adds its bootstrap's output noise to the ciphertext; the final table reads W
-//! bits, half a slot being 2^-(W + 2) (a split table reads the doubled ciphertext, with half a slot
-//! of 2^-(W + 1)); decrypting an output needs its noise within half a step. A residual deferred
+//! bits, half a slot being 2^-(W + 2) (a split table's halves read W - 1 bits, with the lowest bit
+//! removed by the last step and, for one half, moved to the top, times 2^W, with its noise);
+//! decrypting an output needs its noise within half a step. A residual deferred
 //! into the truncation adds its noise piece by piece, each before the step that first reads it.
 
 use crate::circuit::{relative_steps_cost, Circuit, Layer, Requant, Residual, TruncStep};
@@ -86,8 +87,31 @@ pub fn requant_log2_pfail(
     let mut var = var;
     let mut held = r.acc_bits;
     let mut worst = f64::NEG_INFINITY;
-    for (st, added) in steps.iter().zip(&added) {
+    // A split table's lowest bit, read by its last step: the variance of the sign bootstrap's output
+    // kept for the table.
+    let mut kept = 0.0;
+    for (i, (st, added)) in steps.iter().zip(&added).enumerate() {
         var += added;
+        if r.split_table() && i + 1 == steps.len() {
+            // The sign bootstrap reads the table's lowest bit (with the digit below it, if any, half a
+            // digit slot of margin); its output removes the bit, and the digit table reads the rest
+            // amplified by 2^(held - digit), the sign's output included.
+            kept = params.pbs_output_variance(key(st.precise));
+            let digit = st.bits - 1;
+            if digit == 0 {
+                worst = worst.max(params.log2_pfail(var * 4f64.powi(held as i32), 0.25));
+            } else {
+                let amplify = 4f64.powi((held - digit) as i32);
+                let half_slot = 2f64.powi(-(digit as i32 + 2));
+                worst = worst
+                    .max(params.log2_pfail(var * amplify, half_slot))
+                    .max(params.log2_pfail((var + kept) * amplify, half_slot));
+                var += params.pbs_output_variance(Bootstrap::Cheap);
+            }
+            var += kept;
+            held -= st.bits;
+            continue;
+        }
         if st.bits == 1 {
             // Sign bootstrap of ct * 2^held: the bit sits in a quarter of the torus.
             worst = worst.max(params.log2_pfail(var * 4f64.powi(held as i32), 0.25));
@@ -105,14 +129,13 @@ pub fn requant_log2_pfail(
     }
     var += added[steps.len()];
     if r.split_table() {
-        // The ciphertext doubled (padding bit dropped): W bits on the whole torus, half a slot
-        // 2^-(W + 1), for the sign and the signed table; the low table also carries the sign's noise.
+        // Both halves read W - 1 bits and the padding bit (half a slot 2^-(W + 1)); the signed half's
+        // input holds the kept bit moved to the top, (2^W - 1) times the sign's output in all.
         let half_slot = 2f64.powi(-(r.lut_bits as i32 + 1));
-        let doubled = 4.0 * var;
-        let low = doubled + params.pbs_output_variance(Bootstrap::Cheap);
+        let signed = var + (4f64.powi(r.lut_bits as i32) - 2f64.powi(r.lut_bits as i32 + 1)) * kept;
         worst
-            .max(params.log2_pfail(doubled, half_slot))
-            .max(params.log2_pfail(low, half_slot))
+            .max(params.log2_pfail(var, half_slot))
+            .max(params.log2_pfail(signed, half_slot))
     } else {
         worst.max(params.log2_pfail(var, 2f64.powi(-(r.lut_bits as i32 + 2))))
     }
@@ -128,12 +151,12 @@ pub fn table_output_variance(r: &Requant, params: &FheParams) -> f64 {
     }
 }
 
-/// Ways to split `shift` bits into steps: single bits, and digits of 2 to 4 bits with the
+/// Ways to split `bits` bits into steps: single bits, and digits of 2 to 4 bits with the
 /// remainder first or last.
-fn digit_sequences(shift: u32) -> Vec<Vec<u32>> {
-    let mut out = vec![vec![1; shift as usize]];
+fn digit_sequences(bits: u32) -> Vec<Vec<u32>> {
+    let mut out = vec![vec![1; bits as usize]];
     for d in 2..=4u32 {
-        let (full, rest) = ((shift / d) as usize, shift % d);
+        let (full, rest) = ((bits / d) as usize, bits % d);
         let mut last = vec![d; full];
         let mut first = vec![d; full];
         if rest > 0 {
@@ -143,8 +166,22 @@ fn digit_sequences(shift: u32) -> Vec<Vec<u32>> {
         out.push(last);
         out.push(first);
     }
-    out.retain(|s| !s.is_empty() || shift == 0);
+    out.retain(|s| !s.is_empty() || bits == 0);
     out.dedup();
+    out
+}
+
+/// Step sequences for a requant's truncation: a split table's last step may also be a 4-bit
+/// digit with the table's lowest bit above it (5 bits).
+fn step_sequences(r: &Requant) -> Vec<Vec<u32>> {
+    let bits = r.truncated_bits();
+    let mut out = digit_sequences(bits);
+    if r.split_table() && bits >= 5 {
+        out.extend(digit_sequences(bits - 5).into_iter().map(|mut s| {
+            s.push(5);
+            s
+        }));
+    }
     out
 }
 
@@ -157,7 +194,7 @@ pub fn plan_steps(
     residual: Option<&DeferredResidual>,
 ) -> Option<Vec<TruncStep>> {
     let mut best: Option<(f64, Vec<TruncStep>)> = None;
-    for digits in digit_sequences(r.shift()) {
+    for digits in step_sequences(r) {
         for precise in 0..=digits.len() {
             let steps: Vec<TruncStep> = digits
                 .iter()
@@ -252,8 +289,11 @@ pub fn analyse(circuit: &Circuit, params: &FheParams) -> NoiseReport {
 pub fn plan_truncation(circuit: &Circuit, params: &FheParams) -> Vec<(usize, Vec<TruncStep>)> {
     let mut plan = Vec::new();
     walk(circuit, params, |i, r, var, residual| {
-        let steps = plan_steps(r, var, params, residual)
-            .unwrap_or_else(|| (0..r.shift()).map(|_| TruncStep { bits: 1, precise: true }).collect());
+        let steps = plan_steps(r, var, params, residual).unwrap_or_else(|| {
+            (0..r.truncated_bits())
+                .map(|_| TruncStep { bits: 1, precise: true })
+                .collect()
+        });
         plan.push((i, steps));
     });
     plan

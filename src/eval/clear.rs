@@ -70,17 +70,13 @@ pub fn table_output(table: &[i64], t: usize) -> i64 {
 /// Exact truncation and table lookup of every activation.
 pub fn requant(layer: &Requant, acc: &[i64]) -> Vec<i64> {
     let per_channel = layer.shape.per_channel();
-    let split = layer.split_table();
     acc.iter()
         .enumerate()
         .map(|(i, &m)| {
-            let table = &layer.tables[i / per_channel];
-            let t = lut_index(m, layer.shift(), layer.lut_bits);
-            if split {
-                table[t % table.len()]
-            } else {
-                table_output(table, t)
-            }
+            table_output(
+                &layer.tables[i / per_channel],
+                lut_index(m, layer.shift(), layer.lut_bits),
+            )
         })
         .collect()
 }
@@ -147,7 +143,7 @@ mod tests {
     }
 
     #[test]
-    fn a_split_table_wraps_without_a_sign_and_costs_three_bootstraps() {
+    fn a_split_table_wraps_like_a_direct_one_and_costs_two_bootstraps_after_its_steps() {
         use crate::circuit::Shape;
         let table: Vec<i64> = (0..32).map(|t| t - 10).collect();
         let layer = Requant {
@@ -163,14 +159,15 @@ mod tests {
             output_encoding_bits: 6,
             output_bits: 4,
             steps: vec![crate::circuit::TruncStep {
-                bits: 2,
+                bits: 3,
                 precise: false,
             }],
         };
-        // s = 2: 0 -> t 0; 127 -> t 31; 128 -> t 32 = 0 (wrapped, no sign); -1 -> t 63 = 31.
-        assert_eq!(requant(&layer, &[0, 127, 128, -1, 70]), vec![-10, 21, -10, 21, 7]);
+        // s = 2: 0 -> t 0; 127 -> t 31; 128 -> t 32, the negacyclic half: -T[0]; -1 -> t 63: -T[31].
+        assert_eq!(requant(&layer, &[0, 127, 128, -1, 70]), vec![-10, 21, 10, -21, 7]);
         assert!(layer.split_table());
-        assert_eq!(layer.pbs_per_activation(), 2 + 3);
+        assert_eq!(layer.truncated_bits(), 3);
+        assert_eq!(layer.pbs_per_activation(), 2 + 2);
         assert_eq!(layer.truncation_pbs_per_activation(), 2);
     }
 

@@ -24,6 +24,8 @@ pub struct Scratch {
     small: LweCiphertextOwned<u64>,
     shifted: LweCiphertextOwned<u64>,
     extracted: LweCiphertextOwned<u64>,
+    /// A split table's kept sign output.
+    kept: LweCiphertextOwned<u64>,
     rotated: GlweCiphertextOwned<u64>,
     buffers: ComputationBuffers,
 }
@@ -43,70 +45,103 @@ pub struct LayerLuts {
     pub split: Option<SplitLuts>,
 }
 
-/// A split table of W bits (docs/circuit.md): with t = b 2^(W-1) + r, T[t] = M[r] + (-1)^b D[r],
-/// M and D the half sum and half difference of the table's two halves. D is read from the doubled
-/// ciphertext, whose negacyclic bootstrap supplies the sign; a sign bootstrap (as before a digit
-/// of W - 1 bits) clears b, and M is read from what remains.
+/// A split table of W bits (docs/circuit.md): with t = 2u + c, T[t] = M[u] + (-1)^c D[u], M and D
+/// the half sum and half difference of the table's even and odd entries. The layer's last
+/// truncation step reads c with a sign bootstrap and removes it (with the digit below it, if any),
+/// keeping the sign's output; M is read from what remains (u under the padding bit p), D from the
+/// same with c moved to the top (p xor c), whose negacyclic bootstrap supplies the sign. Both are
+/// direct reads of W - 1 bits, so the table outputs (-1)^p T[t mod 2^W], as a direct table does.
 pub struct SplitLuts {
-    bits: u32,
+    /// The layer's last truncation step, and the bits held before it.
+    step: TruncStep,
+    held: u32,
+    lut_bits: u32,
+    /// Returns -/+ half a unit for c = 0/1, the unit being c's weight in the accumulator.
     sign: GlweCiphertextOwned<u64>,
-    /// D per channel, read on W bits without padding.
+    /// The digit below c, if the step has one (always on the cheap key).
+    digit: Option<GlweCiphertextOwned<u64>>,
+    /// 2D per channel (one more output bit), read with c at the top.
     pub signed: Vec<GlweCiphertextOwned<u64>>,
-    /// M per channel, read on W - 1 bits.
+    /// 2M per channel, read without c.
     pub low: Vec<GlweCiphertextOwned<u64>>,
 }
 
 impl SplitLuts {
-    fn new(params: &FheParams, layer: &Requant) -> SplitLuts {
-        let bits = layer.lut_bits;
-        let half = 1usize << (bits - 1);
-        // M and D in half units: encoded with one more bit, 2M and 2D are integers.
+    /// The split table of `layer`, whose last step `step` starts with `held` bits.
+    fn new(params: &FheParams, layer: &Requant, step: TruncStep, held: u32) -> SplitLuts {
+        let half = 1usize << (layer.lut_bits - 1);
         let halves = |f: fn(i64, i64) -> i64| {
             let out = layer.output_encoding_bits + 1;
             layer
                 .tables
                 .iter()
                 .map(|t| {
-                    let h: Vec<i64> = (0..half).map(|r| f(t[r], t[r + half])).collect();
+                    let h: Vec<i64> = (0..half).map(|u| f(t[2 * u], t[2 * u + 1])).collect();
                     table_accumulator(params, &h, out)
                 })
                 .collect()
         };
+        let digit_bits = step.bits - 1;
+        let unit = delta(held) << digit_bits;
         SplitLuts {
-            bits,
-            sign: quarter_sign(params),
+            step,
+            held,
+            lut_bits: layer.lut_bits,
+            sign: accumulator(params, 0, |_| (unit / 2).wrapping_neg()),
+            digit: (digit_bits > 0).then(|| digit_accumulator(params, held, digit_bits)),
             signed: halves(|a, b| a - b),
             low: halves(|a, b| a + b),
         }
     }
 
-    /// The ciphertext the signed half reads: doubled, which shifts the padding bit out.
-    pub fn signed_input(&self, ct: &[u64], input: &mut [u64]) {
-        for (d, s) in input.iter_mut().zip(ct) {
-            *d = s << 1;
-        }
+    /// Weight of c in the accumulator.
+    fn unit(&self) -> u64 {
+        delta(self.held) << (self.step.bits - 1)
     }
 
-    /// The sign bootstrap's input (on the cheap key, table [`SplitLuts::sign_table`]): doubled and
-    /// centred in its slot.
+    /// What the sign bootstrap reads: c at the top of the torus, centred in its slot (a quarter
+    /// for a single bit, half a digit slot above a digit).
     pub fn sign_input(&self, ct: &[u64], input: &mut [u64]) {
-        self.signed_input(ct, input);
-        self.centre_for_sign(input);
-    }
-
-    /// Turns the signed half's input into the sign bootstrap's (any LWE dimension: only the body moves).
-    pub fn centre_for_sign(&self, input: &mut [u64]) {
+        let digit_bits = self.step.bits - 1;
+        shift_left(ct, input, self.held - digit_bits);
         let body = input.len() - 1;
-        input[body] = input[body].wrapping_add(1u64 << (63 - self.bits));
+        input[body] = input[body].wrapping_add(1u64 << (62 - digit_bits));
     }
 
-    pub fn sign_table(&self) -> &GlweCiphertextOwned<u64> {
-        &self.sign
+    /// The sign table and its key.
+    pub fn sign_table(&self) -> (&GlweCiphertextOwned<u64>, Bootstrap) {
+        (&self.sign, key_of(self.step))
     }
 
-    /// After the sign bootstrap returned `out`: `input` becomes what the low half reads.
-    pub fn low_input(&self, input: &mut [u64], out: &[u64]) {
-        clear_bit_above(input, out, self.bits - 1);
+    /// After the sign bootstrap returned `out`: removes c from `ct`, keeps `out`, and writes into
+    /// `input` what the digit table reads (the digit under a zero padding bit).
+    pub fn remove_kept_bit(&self, ct: &mut [u64], input: &mut [u64], out: &[u64], kept: &mut [u64]) {
+        kept.copy_from_slice(out);
+        subtract(ct, out);
+        let body = ct.len() - 1;
+        ct[body] = ct[body].wrapping_sub(self.unit() / 2);
+        shift_left(ct, input, self.held - (self.step.bits - 1));
+    }
+
+    /// The digit table below c, if any, on the cheap key; its output is subtracted from `ct`.
+    pub fn digit_table(&self) -> Option<(&GlweCiphertextOwned<u64>, Bootstrap)> {
+        self.digit.as_ref().map(|digit| (digit, Bootstrap::Cheap))
+    }
+
+    /// What the signed half reads: `ct` (u under p) plus c, from the kept sign output, at the top.
+    pub fn signed_input(&self, ct: &[u64], kept: &[u64], input: &mut [u64]) {
+        for ((d, c), k) in input.iter_mut().zip(ct).zip(kept) {
+            *d = c.wrapping_add(k << self.lut_bits);
+        }
+        let body = input.len() - 1;
+        input[body] = input[body].wrapping_add((self.unit() / 2) << self.lut_bits);
+    }
+}
+
+/// `input = ct * 2^shift`, coefficient-wise.
+fn shift_left(ct: &[u64], input: &mut [u64], shift: u32) {
+    for (d, s) in input.iter_mut().zip(ct) {
+        *d = s << shift;
     }
 }
 
@@ -154,6 +189,7 @@ impl<'k> Engine<'k> {
             small: LweCiphertext::new(0, LweSize(p.lwe_dimension + 1), native()),
             shifted: LweCiphertext::new(0, big, native()),
             extracted: LweCiphertext::new(0, big, native()),
+            kept: LweCiphertext::new(0, big, native()),
             rotated: GlweCiphertext::new(0, glwe_size, poly, native()),
             buffers,
         }
@@ -213,20 +249,32 @@ impl<'k> Engine<'k> {
         out.copy_from_slice(scratch.extracted.as_ref());
     }
 
-    /// A split table of channel `channel` on a ciphertext holding W bits, into `out`: the signed
-    /// half from the doubled ciphertext, plus the low half once the sign bootstrap cleared bit W - 1.
-    /// The sign bootstrap reads the doubled ciphertext plus a constant, so it reuses the signed
-    /// half's keyswitch (a keyswitch is linear and leaves the body's constant as it is).
+    /// The last truncation step of a split table's layer: reads the table's lowest bit and removes
+    /// it from `ct` (with the digit below it), keeping the sign's output for [`Engine::split_lookup`].
+    pub fn split_last_step(&self, scratch: &mut Scratch, ct: &mut [u64], split: &SplitLuts) {
+        split.sign_input(ct, scratch.shifted.as_mut());
+        let (lut, which) = split.sign_table();
+        self.bootstrap_shifted(scratch, lut, which);
+        let Scratch {
+            shifted,
+            extracted,
+            kept,
+            ..
+        } = &mut *scratch;
+        split.remove_kept_bit(ct, shifted.as_mut(), extracted.as_ref(), kept.as_mut());
+        if let Some((lut, which)) = split.digit_table() {
+            self.bootstrap_shifted(scratch, lut, which);
+            subtract(ct, scratch.extracted.as_ref());
+        }
+    }
+
+    /// A split table of channel `channel` after [`Engine::split_last_step`], into `out`: the low
+    /// half read from `ct`, plus the signed half read with the kept bit at the top.
     pub fn split_lookup(&self, scratch: &mut Scratch, ct: &[u64], split: &SplitLuts, channel: usize, out: &mut [u64]) {
-        split.signed_input(ct, scratch.shifted.as_mut());
+        self.lookup(scratch, ct, &split.low[channel], out);
+        let Scratch { shifted, kept, .. } = &mut *scratch;
+        split.signed_input(ct, kept.as_ref(), shifted.as_mut());
         self.bootstrap_shifted(scratch, &split.signed[channel], Bootstrap::Precise);
-        out.copy_from_slice(scratch.extracted.as_ref());
-        split.centre_for_sign(scratch.shifted.as_mut());
-        split.centre_for_sign(scratch.small.as_mut());
-        self.bootstrap_small(scratch, split.sign_table(), Bootstrap::Cheap);
-        let Scratch { shifted, extracted, .. } = &mut *scratch;
-        split.low_input(shifted.as_mut(), extracted.as_ref());
-        self.bootstrap_shifted(scratch, &split.low[channel], Bootstrap::Precise);
         for (o, e) in out.iter_mut().zip(scratch.extracted.as_ref()) {
             *o = o.wrapping_add(*e);
         }
@@ -261,6 +309,19 @@ fn quarter_sign(params: &FheParams) -> GlweCiphertextOwned<u64> {
     accumulator(params, 0, |_| (1u64 << 62).wrapping_neg())
 }
 
+/// The table of a `bits`-bit digit: the digit d times Delta_held; index 2^bits (the negacyclic
+/// boundary) is unreachable.
+fn digit_accumulator(params: &FheParams, held: u32, bits: u32) -> GlweCiphertextOwned<u64> {
+    let digits = 1usize << bits;
+    accumulator(params, bits, |t| {
+        if t < digits {
+            (t as u64).wrapping_mul(delta(held))
+        } else {
+            0
+        }
+    })
+}
+
 /// `input` holds a centred digit of `bits` bits under the bit above it at the top of the torus;
 /// `out`, the quarter-sign bootstrap of it, returned -/+ 1/4 for that bit 0 or 1. Clears the bit
 /// and the centring, leaving the digit with a zero padding bit.
@@ -288,17 +349,9 @@ impl StepLuts {
                 digit: None,
             };
         }
-        let digits = 1usize << bits;
         StepLuts {
             sign: quarter_sign(params),
-            // The digit d times Delta_held; index 2^bits (the negacyclic boundary) is unreachable.
-            digit: Some(accumulator(params, bits, |t| {
-                if t < digits {
-                    (t as u64).wrapping_mul(delta(held))
-                } else {
-                    0
-                }
-            })),
+            digit: Some(digit_accumulator(params, held, bits)),
         }
     }
 
@@ -324,9 +377,7 @@ impl StepLuts {
             None => (held, 1u64 << 62),
             Some(_) => (held - step.bits, 1u64 << (62 - step.bits)),
         };
-        for (d, s) in input.iter_mut().zip(ct) {
-            *d = s << shift;
-        }
+        shift_left(ct, input, shift);
         let body = input.len() - 1;
         input[body] = input[body].wrapping_add(centre);
     }
@@ -349,7 +400,7 @@ impl StepLuts {
 impl LayerLuts {
     pub fn new(params: &FheParams, layer: &Requant) -> LayerLuts {
         let mut held = layer.acc_bits;
-        let steps = layer
+        let mut steps: Vec<(TruncStep, u32, StepLuts)> = layer
             .steps
             .iter()
             .map(|&step| {
@@ -359,10 +410,11 @@ impl LayerLuts {
             })
             .collect();
         if layer.split_table() {
+            let (step, before, _) = steps.pop().expect("a split table's layer has a last truncation step");
             return LayerLuts {
                 steps,
                 tables: Vec::new(),
-                split: Some(SplitLuts::new(params, layer)),
+                split: Some(SplitLuts::new(params, layer, step, before)),
             };
         }
         let tables = layer
@@ -440,19 +492,23 @@ impl Bootstrapper for Engine<'_> {
             .for_each_init(
                 || self.scratch(),
                 |scratch, (i, (ct, dst))| {
-                    for (stage, (step, held, step_luts)) in luts.steps.iter().enumerate() {
+                    let add = |stage: usize, ct: &mut [u64]| {
                         if let Some(r) = residual {
                             r.add(stage, i, ct);
                         }
+                    };
+                    for (stage, (step, held, step_luts)) in luts.steps.iter().enumerate() {
+                        add(stage, ct);
                         self.truncation_step(scratch, ct, *held, *step, step_luts);
-                    }
-                    if let Some(r) = residual {
-                        r.add(luts.steps.len(), i, ct);
                     }
                     let channel = i / per_channel;
                     if let Some(split) = &luts.split {
+                        add(luts.steps.len(), ct);
+                        self.split_last_step(scratch, ct, split);
+                        add(luts.steps.len() + 1, ct);
                         self.split_lookup(scratch, ct, split, channel, dst);
                     } else {
+                        add(luts.steps.len(), ct);
                         self.lookup(scratch, ct, &luts.tables[channel], dst);
                     }
                     if let Some(bar) = progress {

@@ -209,7 +209,6 @@ impl Bootstrapper for GpuEngine {
                     .for_each(|(ct, out)| subtract(ct, out));
             }
         }
-        add_residual(&mut acc, luts.steps.len());
         // A round in which ciphertext i reads its channel's table from `tables`, on the precise key.
         let by_channel = |inputs: &[u64], tables: &[GlweCiphertextOwned<u64>]| {
             let tables = self.upload_luts(tables);
@@ -220,24 +219,37 @@ impl Bootstrapper for GpuEngine {
             };
             self.bootstrap(inputs, &round, &indexes, progress)
         };
+        add_residual(&mut acc, luts.steps.len());
         let Some(split) = &luts.split else {
             let out = by_channel(&acc, &luts.tables);
             return LweCiphertextList::from_container(out, LweSize(size), native());
         };
         acc.par_chunks(size)
             .zip(inputs.par_chunks_mut(size))
-            .for_each(|(ct, input)| split.signed_input(ct, input));
-        let mut out = by_channel(&inputs, &split.signed);
-        acc.par_chunks(size)
-            .zip(inputs.par_chunks_mut(size))
             .for_each(|(ct, input)| split.sign_input(ct, input));
-        let sign = single_table(&inputs, (split.sign_table(), Bootstrap::Cheap));
-        inputs
-            .par_chunks_mut(size)
+        let sign = single_table(&inputs, split.sign_table());
+        let mut kept = vec![0u64; acc.len()];
+        acc.par_chunks_mut(size)
+            .zip(inputs.par_chunks_mut(size))
             .zip(sign.par_chunks(size))
-            .for_each(|(input, sign)| split.low_input(input, sign));
-        let low = by_channel(&inputs, &split.low);
-        out.par_iter_mut().zip(&low).for_each(|(o, l)| *o = o.wrapping_add(*l));
+            .zip(kept.par_chunks_mut(size))
+            .for_each(|(((ct, input), sign), kept)| split.remove_kept_bit(ct, input, sign, kept));
+        if let Some(digit) = split.digit_table() {
+            let out = single_table(&inputs, digit);
+            acc.par_chunks_mut(size)
+                .zip(out.par_chunks(size))
+                .for_each(|(ct, out)| subtract(ct, out));
+        }
+        add_residual(&mut acc, luts.steps.len() + 1);
+        let mut out = by_channel(&acc, &split.low);
+        acc.par_chunks(size)
+            .zip(kept.par_chunks(size))
+            .zip(inputs.par_chunks_mut(size))
+            .for_each(|((ct, kept), input)| split.signed_input(ct, kept, input));
+        let signed = by_channel(&inputs, &split.signed);
+        out.par_iter_mut()
+            .zip(&signed)
+            .for_each(|(o, s)| *o = o.wrapping_add(*s));
         LweCiphertextList::from_container(out, LweSize(size), native())
     }
 }
