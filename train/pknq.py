@@ -18,8 +18,6 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 
-# Widest table one bootstrap reads (src/circuit.rs DIRECT_TABLE_BITS); 5 bits is a split table.
-DIRECT_TABLE_BITS = 4
 # Width of a layer a per-layer width map does not name (src/model/mod.rs DEFAULT_WIDTH).
 DEFAULT_WIDTH = 4
 # Significant bits kept in a residual gain (src/compile/quantize.rs RESIDUAL_GAIN_BITS).
@@ -261,9 +259,9 @@ class QLinear(nn.Module):
             neg = torch.zeros_like(t, dtype=torch.bool)
         else:
             t_full = torch.remainder(torch.floor(m / 2 ** s), 2 ** (self.lut_bits + 1))
-            # A direct table (W <= 4) negates its output past the padding bit; a split table (W = 5)
-            # drops that bit, so its index wraps modulo 2^W.
-            neg = t_full >= 2 ** self.lut_bits if self.lut_bits <= DIRECT_TABLE_BITS else torch.zeros_like(m, dtype=torch.bool)
+            # Every table (a split one too, since circuit version 5) negates its output past the
+            # padding bit.
+            neg = t_full >= 2 ** self.lut_bits
             t = torch.remainder(t_full, 2 ** self.lut_bits)
         centre = (t * 2 ** s + (2 ** s - 1) / 2 - off) / g
         pre = lambda a: ws.view(view) * (a - zero_term.view(view)) + bias.view(view)

@@ -43,7 +43,8 @@ pub struct ModelArgs {
     #[arg(long)]
     pub margin: Option<f64>,
     /// Bits read by each table (W), 1 to 5 [default: the model's, else 4]. A 5-bit table costs
-    /// three bootstraps instead of one (a split table, docs/circuit.md).
+    /// two precise bootstraps instead of one, its lowest bit read by the last truncation step (a
+    /// split table, docs/circuit.md).
     #[arg(long)]
     pub lut_bits: Option<u32>,
     /// Fraction of calibration activations clipped at each end of every activation range

@@ -41,7 +41,7 @@ pub struct CompileOptions {
     /// Margin on calibrated ranges (0.25 = 25 %); None: the model's `window_margin`, else 0.25.
     pub margin: Option<f64>,
     /// Bits read by each table (W); None: the model's `table_bits`, else 4 (one bootstrap per
-    /// table; 5 is a split table of three).
+    /// table; 5 is a split table of two).
     pub lut_bits: Option<u32>,
     /// Fraction of calibration activations left outside the activation range at each end (they
     /// saturate); None: the model's `activation_clip`, else 0.001.
