@@ -24,7 +24,7 @@ fn benches(c: &mut Criterion) {
     let mut group = c.benchmark_group("bootstrap");
     for (bits, precise) in [(1, false), (1, true), (4, false)] {
         let step = TruncStep { bits, precise };
-        let luts = engine.step_luts(10, bits);
+        let luts = engine.step_luts(10, step);
         let name = format!(
             "truncation step of {bits} bit(s), {} key ({} KS + PBS, 1 thread)",
             if precise { "precise" } else { "cheap" },
@@ -38,7 +38,8 @@ fn benches(c: &mut Criterion) {
             })
         });
     }
-    // A 5-bit split table (three bootstraps), on conv1 of tiny-pkn compiled with 5-bit tables.
+    // A 5-bit split table after its layer's truncation steps (the last one reads the table's lowest
+    // bit), on conv1 of tiny-pkn compiled with 5-bit tables: one activation.
     let wide = compile_model(
         &resolve_model("tiny-pkn").unwrap(),
         &CompileOptions {
@@ -50,11 +51,25 @@ fn benches(c: &mut Criterion) {
     if let Some(Layer::Requant(r)) = wide.layers.iter().find(|l| matches!(l, Layer::Requant(_))) {
         let luts = fhe::LayerLuts::new(&params, r);
         let split = luts.split.as_ref().expect("5-bit tables are split");
-        let held = client.encrypt(&[21], 5).par_decompress_into_lwe_ciphertext_list();
-        let held = held.get(0).as_ref().to_vec();
-        let mut out = vec![0u64; held.len()];
-        group.bench_function("5-bit split table (3 PBS, 2 KS, 1 thread)", |b| {
-            b.iter(|| engine.split_lookup(&mut scratch, &held, split, 0, &mut out))
+        let acc = client
+            .encrypt(&[345], r.acc_bits)
+            .par_decompress_into_lwe_ciphertext_list();
+        let acc = acc.get(0).as_ref().to_vec();
+        let mut out = vec![0u64; acc.len()];
+        let name = format!(
+            "{}: steps {:?} and a 5-bit split table ({} PBS, 1 thread)",
+            r.name,
+            r.steps.iter().map(|s| s.bits).collect::<Vec<_>>(),
+            r.pbs_per_activation()
+        );
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                let mut x = acc.clone();
+                for (step, held, step_luts) in &luts.steps {
+                    engine.truncation_step(&mut scratch, &mut x, *held, *step, step_luts);
+                }
+                engine.split_lookup(&mut scratch, &x, split, 0, &mut out)
+            })
         });
     }
     group.finish();

@@ -170,20 +170,26 @@ pub struct Requant {
     pub steps: Vec<TruncStep>,
 }
 
-/// One exact truncation step: removes `bits` (1 to 4) low bits of the accumulator.
-///
-/// One bit costs one sign bootstrap. A digit of 2 to 4 bits costs two: a sign bootstrap that clears
-/// the bit above the digit (always with the cheap key), then a table that returns the digit.
-///
-/// The last step before a split table also removes the table's lowest bit and keeps it for the
-/// table: a single bit, or `bits - 1` (1 to 4) digit bits and the bit above them (2 to 5 bits),
-/// whose sign bootstrap (with the step's key) reads that bit, while the digit's table uses the
-/// cheap key (docs/circuit.md).
+/// One exact truncation step: removes `bits` (1 to 5) low bits of the accumulator ([`StepKind`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TruncStep {
     pub bits: u32,
-    /// Whether the bootstrap whose output stays in the accumulator uses the precise key.
+    /// Whether the bootstrap whose output stays in the accumulator for later steps (a digit's
+    /// table, an extended step's sign) uses the precise key.
     pub precise: bool,
+}
+
+/// How a step removes its bits (docs/circuit.md).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StepKind {
+    /// A digit of 2 to 4 bits: a sign bootstrap (cheap key) reads the bit above the digit only to
+    /// clear it from the digit's input; a table (the step's key) returns the digit.
+    Digit(u32),
+    /// `digit` bits (0 to 4) and the bit above them: a sign bootstrap (the step's key) reads that
+    /// bit and its output, at the accumulator's scale, removes it; then a table (cheap key)
+    /// returns the digit, if any. A single bit is `Extended(0)`; 5 bits are `Extended(4)`; the last
+    /// step before a split table is always extended, and its sign's output also serves the table.
+    Extended(u32),
 }
 
 impl TruncStep {
@@ -192,6 +198,15 @@ impl TruncStep {
             1
         } else {
             2
+        }
+    }
+
+    /// The step's kind; `keeps_bit` for the last step before a split table.
+    pub fn kind(&self, keeps_bit: bool) -> StepKind {
+        if keeps_bit || self.bits == 1 || self.bits == 5 {
+            StepKind::Extended(self.bits - 1)
+        } else {
+            StepKind::Digit(self.bits)
         }
     }
 }
@@ -210,6 +225,16 @@ impl Requant {
     /// Bits the truncation steps remove: [`Requant::shift`], and a split table's lowest bit.
     pub fn truncated_bits(&self) -> u32 {
         self.shift() + u32::from(self.split_table())
+    }
+
+    /// The kind of each of `steps` in this layer (the last one keeps its bit before a split table).
+    pub fn step_kinds(&self, steps: &[TruncStep]) -> Vec<StepKind> {
+        let last = steps.len().saturating_sub(1);
+        steps
+            .iter()
+            .enumerate()
+            .map(|(i, s)| s.kind(self.split_table() && i == last))
+            .collect()
     }
 
     /// Bootstraps of the table itself: one, or two for a split table (its halves).

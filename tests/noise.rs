@@ -56,7 +56,7 @@ fn check_bootstrap_output_variance(params: FheParams) {
         bits: 1,
         precise: false,
     };
-    let luts = engine.step_luts(held, 1);
+    let luts = engine.step_luts(held, step);
     let cheap: Vec<u64> = (0..SAMPLES)
         .into_par_iter()
         .map_init(

@@ -3,7 +3,7 @@
 //! Random inputs hide a broken truncation (a wrong low bit rarely changes a table's output), so
 //! every intermediate value is decrypted and compared with the clear one, on accumulators whose
 //! low bits are all 0 or all 1, and on values that leave their window; for single-bit steps, digit
-//! steps and the plan the compiler picks.
+//! steps, extended steps (5 bits) and the plan the compiler picks.
 
 use pkn::circuit::{Requant, Residual, Shape, TruncStep};
 use pkn::compile::noise::{plan_steps, DeferredResidual};
@@ -112,8 +112,13 @@ fn every_truncation_step_and_table_output_match_the_clear_values() {
         let norm2: i64 = weights.iter().map(|w| w * w).sum();
         let var = params.pbs_output_variance(Bootstrap::Precise) * norm2 as f64;
         let planned = plan_steps(&requant, var, &params, None).expect("the planner finds an exact plan");
-        let fours: Vec<u32> = (0..shift).step_by(4).map(|i| (shift - i).min(4)).collect();
-        let plans = [steps(&vec![1; shift as usize], true), steps(&fours, true), planned];
+        let widest = |d: u32| -> Vec<u32> { (0..shift).step_by(d as usize).map(|i| (shift - i).min(d)).collect() };
+        let plans = [
+            steps(&vec![1; shift as usize], true),
+            steps(&widest(4), true),
+            steps(&widest(5), true),
+            planned,
+        ];
         let step = 1i64 << shift;
         let window = 1i64 << acc_bits;
         // Low bits all 0 and all 1, at the bottom, middle and top of the window, and outside it.
@@ -141,7 +146,7 @@ fn every_truncation_step_and_table_output_match_the_clear_values() {
                     let mut ct = weighted_sum(&activations, &weights, encode(target - base, acc_bits));
                     let (mut held, mut removed) = (acc_bits, 0);
                     for st in plan {
-                        engine.truncation_step(scratch, &mut ct, held, *st, &engine.step_luts(held, st.bits));
+                        engine.truncation_step(scratch, &mut ct, held, *st, &engine.step_luts(held, *st));
                         held -= st.bits;
                         removed += st.bits;
                         let got = decode(client.phase(&ct), held).rem_euclid(1 << (held + 1));

@@ -9,7 +9,7 @@
 //! decrypting an output needs its noise within half a step. A residual deferred
 //! into the truncation adds its noise piece by piece, each before the step that first reads it.
 
-use crate::circuit::{relative_steps_cost, Circuit, Layer, Requant, Residual, TruncStep};
+use crate::circuit::{relative_steps_cost, Circuit, Layer, Requant, Residual, StepKind, TruncStep};
 use crate::params::{log2_gaussian_two_sided_tail, Bootstrap, FheParams, LOG2_PFAIL_LIMIT};
 
 /// The worst bootstrap of one table layer.
@@ -87,44 +87,34 @@ pub fn requant_log2_pfail(
     let mut var = var;
     let mut held = r.acc_bits;
     let mut worst = f64::NEG_INFINITY;
-    // A split table's lowest bit, read by its last step: the variance of the sign bootstrap's output
-    // kept for the table.
+    // The last extended step's sign output: a split table reads it again.
     let mut kept = 0.0;
-    for (i, (st, added)) in steps.iter().zip(&added).enumerate() {
+    for ((st, kind), added) in steps.iter().zip(r.step_kinds(steps)).zip(&added) {
         var += added;
-        if r.split_table() && i + 1 == steps.len() {
-            // The sign bootstrap reads the table's lowest bit (with the digit below it, if any, half a
-            // digit slot of margin); its output removes the bit, and the digit table reads the rest
-            // amplified by 2^(held - digit), the sign's output included.
-            kept = params.pbs_output_variance(key(st.precise));
-            let digit = st.bits - 1;
-            if digit == 0 {
-                worst = worst.max(params.log2_pfail(var * 4f64.powi(held as i32), 0.25));
-            } else {
-                let amplify = 4f64.powi((held - digit) as i32);
-                let half_slot = 2f64.powi(-(digit as i32 + 2));
-                worst = worst
-                    .max(params.log2_pfail(var * amplify, half_slot))
-                    .max(params.log2_pfail((var + kept) * amplify, half_slot));
-                var += params.pbs_output_variance(Bootstrap::Cheap);
+        // The first bootstrap reads ct * 2^(held - digit): the digit and the bit above it, with half
+        // a digit slot of margin (a quarter of the torus for a single bit); the digit table reads
+        // the same amplification of the ciphertext less that bit, the sign's output included.
+        let digit = match kind {
+            StepKind::Digit(bits) | StepKind::Extended(bits) => bits,
+        };
+        let amplify = 4f64.powi((held - digit) as i32);
+        let half_slot = 2f64.powi(-(digit as i32 + 2));
+        worst = worst.max(params.log2_pfail(var * amplify, half_slot));
+        match kind {
+            StepKind::Digit(_) => {
+                let after_sign = var * amplify + params.pbs_output_variance(Bootstrap::Cheap);
+                worst = worst.max(params.log2_pfail(after_sign, half_slot));
+                var += params.pbs_output_variance(key(st.precise));
             }
-            var += kept;
-            held -= st.bits;
-            continue;
+            StepKind::Extended(_) => {
+                kept = params.pbs_output_variance(key(st.precise));
+                var += kept;
+                if digit > 0 {
+                    worst = worst.max(params.log2_pfail(var * amplify, half_slot));
+                    var += params.pbs_output_variance(Bootstrap::Cheap);
+                }
+            }
         }
-        if st.bits == 1 {
-            // Sign bootstrap of ct * 2^held: the bit sits in a quarter of the torus.
-            worst = worst.max(params.log2_pfail(var * 4f64.powi(held as i32), 0.25));
-        } else {
-            // ct * 2^(held - bits): the digit and the bit above it; half a digit slot of margin,
-            // first for the sign bootstrap, then for the digit table (which also carries the sign's noise).
-            let amplified = var * 4f64.powi((held - st.bits) as i32);
-            let half_slot = 2f64.powi(-(st.bits as i32 + 2));
-            worst = worst.max(params.log2_pfail(amplified, half_slot));
-            let after_sign = amplified + params.pbs_output_variance(Bootstrap::Cheap);
-            worst = worst.max(params.log2_pfail(after_sign, half_slot));
-        }
-        var += params.pbs_output_variance(key(st.precise));
         held -= st.bits;
     }
     var += added[steps.len()];
@@ -151,11 +141,11 @@ pub fn table_output_variance(r: &Requant, params: &FheParams) -> f64 {
     }
 }
 
-/// Ways to split `bits` bits into steps: single bits, and digits of 2 to 4 bits with the
-/// remainder first or last.
+/// Ways to split `bits` bits into steps: single bits, and digits of 2 to 5 bits (5: an extended
+/// step) with the remainder first or last.
 fn digit_sequences(bits: u32) -> Vec<Vec<u32>> {
     let mut out = vec![vec![1; bits as usize]];
-    for d in 2..=4u32 {
+    for d in 2..=5u32 {
         let (full, rest) = ((bits / d) as usize, bits % d);
         let mut last = vec![d; full];
         let mut first = vec![d; full];
@@ -171,20 +161,6 @@ fn digit_sequences(bits: u32) -> Vec<Vec<u32>> {
     out
 }
 
-/// Step sequences for a requant's truncation: a split table's last step may also be a 4-bit
-/// digit with the table's lowest bit above it (5 bits).
-fn step_sequences(r: &Requant) -> Vec<Vec<u32>> {
-    let bits = r.truncated_bits();
-    let mut out = digit_sequences(bits);
-    if r.split_table() && bits >= 5 {
-        out.extend(digit_sequences(bits - 5).into_iter().map(|mut s| {
-            s.push(5);
-            s
-        }));
-    }
-    out
-}
-
 /// The cheapest truncation plan of one requant meeting the limit: digit sizes, and the fewest
 /// leading steps on the precise key. None if no plan does.
 pub fn plan_steps(
@@ -194,7 +170,7 @@ pub fn plan_steps(
     residual: Option<&DeferredResidual>,
 ) -> Option<Vec<TruncStep>> {
     let mut best: Option<(f64, Vec<TruncStep>)> = None;
-    for digits in step_sequences(r) {
+    for digits in digit_sequences(r.truncated_bits()) {
         for precise in 0..=digits.len() {
             let steps: Vec<TruncStep> = digits
                 .iter()
@@ -308,9 +284,10 @@ mod tests {
         for shift in 0..12 {
             for seq in digit_sequences(shift) {
                 assert_eq!(seq.iter().sum::<u32>(), shift, "{seq:?}");
-                assert!(seq.iter().all(|&d| (1..=4).contains(&d)));
+                assert!(seq.iter().all(|&d| (1..=5).contains(&d)));
             }
         }
         assert!(digit_sequences(6).contains(&vec![4, 2]));
+        assert!(digit_sequences(9).contains(&vec![4, 5]));
     }
 }

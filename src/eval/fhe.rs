@@ -13,7 +13,7 @@ use tfhe::core_crypto::fft_impl::fft64::math::fft::{Fft, FftView};
 use tfhe::core_crypto::prelude::*;
 
 use super::Tensors;
-use crate::circuit::{Circuit, Layer, Linear, Requant, Residual, TruncStep};
+use crate::circuit::{Circuit, Layer, Linear, Requant, Residual, StepKind, TruncStep};
 use crate::keys::{delta, encode, EvaluationKey};
 use crate::params::{Bootstrap, FheParams};
 
@@ -33,8 +33,11 @@ pub struct Scratch {
 /// The accumulators one truncation step needs (built once per layer and step), and the plaintext
 /// work around its bootstraps; the CPU [`Engine`] and the GPU engine both run steps through these.
 pub struct StepLuts {
+    kind: StepKind,
     sign: GlweCiphertextOwned<u64>,
     digit: Option<GlweCiphertextOwned<u64>>,
+    /// The last step before a split table: its sign output is kept for the table.
+    keeps_bit: bool,
 }
 
 /// A requant layer's accumulators, built once per layer: each truncation step's, with the bits
@@ -47,19 +50,14 @@ pub struct LayerLuts {
 
 /// A split table of W bits (docs/circuit.md): with t = 2u + c, T[t] = M[u] + (-1)^c D[u], M and D
 /// the half sum and half difference of the table's even and odd entries. The layer's last
-/// truncation step reads c with a sign bootstrap and removes it (with the digit below it, if any),
-/// keeping the sign's output; M is read from what remains (u under the padding bit p), D from the
-/// same with c moved to the top (p xor c), whose negacyclic bootstrap supplies the sign. Both are
-/// direct reads of W - 1 bits, so the table outputs (-1)^p T[t mod 2^W], as a direct table does.
+/// truncation step (extended) reads c with its sign bootstrap and removes it, and the engine keeps
+/// that output; M is read from what remains (u under the padding bit p), D from the same with c
+/// moved to the top (p xor c), whose negacyclic bootstrap supplies the sign. Both are direct reads
+/// of W - 1 bits, so the table outputs (-1)^p T[t mod 2^W], as a direct table does.
 pub struct SplitLuts {
-    /// The layer's last truncation step, and the bits held before it.
-    step: TruncStep,
-    held: u32,
     lut_bits: u32,
-    /// Returns -/+ half a unit for c = 0/1, the unit being c's weight in the accumulator.
-    sign: GlweCiphertextOwned<u64>,
-    /// The digit below c, if the step has one (always on the cheap key).
-    digit: Option<GlweCiphertextOwned<u64>>,
+    /// Weight of c in the accumulator before the last step.
+    unit: u64,
     /// 2D per channel (one more output bit), read with c at the top.
     pub signed: Vec<GlweCiphertextOwned<u64>>,
     /// 2M per channel, read without c.
@@ -81,60 +79,22 @@ impl SplitLuts {
                 })
                 .collect()
         };
-        let digit_bits = step.bits - 1;
-        let unit = delta(held) << digit_bits;
         SplitLuts {
-            step,
-            held,
             lut_bits: layer.lut_bits,
-            sign: accumulator(params, 0, |_| (unit / 2).wrapping_neg()),
-            digit: (digit_bits > 0).then(|| digit_accumulator(params, held, digit_bits)),
+            unit: delta(held) << (step.bits - 1),
             signed: halves(|a, b| a - b),
             low: halves(|a, b| a + b),
         }
     }
 
-    /// Weight of c in the accumulator.
-    fn unit(&self) -> u64 {
-        delta(self.held) << (self.step.bits - 1)
-    }
-
-    /// What the sign bootstrap reads: c at the top of the torus, centred in its slot (a quarter
-    /// for a single bit, half a digit slot above a digit).
-    pub fn sign_input(&self, ct: &[u64], input: &mut [u64]) {
-        let digit_bits = self.step.bits - 1;
-        shift_left(ct, input, self.held - digit_bits);
-        let body = input.len() - 1;
-        input[body] = input[body].wrapping_add(1u64 << (62 - digit_bits));
-    }
-
-    /// The sign table and its key.
-    pub fn sign_table(&self) -> (&GlweCiphertextOwned<u64>, Bootstrap) {
-        (&self.sign, key_of(self.step))
-    }
-
-    /// After the sign bootstrap returned `out`: removes c from `ct`, keeps `out`, and writes into
-    /// `input` what the digit table reads (the digit under a zero padding bit).
-    pub fn remove_kept_bit(&self, ct: &mut [u64], input: &mut [u64], out: &[u64], kept: &mut [u64]) {
-        kept.copy_from_slice(out);
-        subtract(ct, out);
-        let body = ct.len() - 1;
-        ct[body] = ct[body].wrapping_sub(self.unit() / 2);
-        shift_left(ct, input, self.held - (self.step.bits - 1));
-    }
-
-    /// The digit table below c, if any, on the cheap key; its output is subtracted from `ct`.
-    pub fn digit_table(&self) -> Option<(&GlweCiphertextOwned<u64>, Bootstrap)> {
-        self.digit.as_ref().map(|digit| (digit, Bootstrap::Cheap))
-    }
-
-    /// What the signed half reads: `ct` (u under p) plus c, from the kept sign output, at the top.
+    /// What the signed half reads: `ct` (u under p) plus c at the top, from the last step's kept
+    /// sign output (-/+ half the unit for c = 0/1).
     pub fn signed_input(&self, ct: &[u64], kept: &[u64], input: &mut [u64]) {
         for ((d, c), k) in input.iter_mut().zip(ct).zip(kept) {
             *d = c.wrapping_add(k << self.lut_bits);
         }
         let body = input.len() - 1;
-        input[body] = input[body].wrapping_add((self.unit() / 2) << self.lut_bits);
+        input[body] = input[body].wrapping_add((self.unit / 2) << self.lut_bits);
     }
 }
 
@@ -218,19 +178,29 @@ impl<'k> Engine<'k> {
         extract_lwe_sample_from_glwe_ciphertext(&scratch.rotated, &mut scratch.extracted, MonomialDegree(0));
     }
 
-    /// Accumulators for a step removing `bits` low bits while `held` bits are held.
-    pub fn step_luts(&self, held: u32, bits: u32) -> StepLuts {
-        StepLuts::new(&self.key.params, held, bits)
+    /// Accumulators for `step` (of a layer with a direct table) while `held` bits are held.
+    pub fn step_luts(&self, held: u32, step: TruncStep) -> StepLuts {
+        StepLuts::new(&self.key.params, held, step.kind(false))
     }
 
     /// One exact truncation step: `ct` holds m with `held` bits (Delta = 2^(63 - held)); afterwards
-    /// it holds m >> step.bits with `held - step.bits` bits. `luts` is [`Engine::step_luts`].
+    /// it holds m >> step.bits with `held - step.bits` bits. `luts` is [`Engine::step_luts`] (or a
+    /// layer's). Before a split table, the sign bootstrap's output stays in the scratch for
+    /// [`Engine::split_lookup`].
     pub fn truncation_step(&self, scratch: &mut Scratch, ct: &mut [u64], held: u32, step: TruncStep, luts: &StepLuts) {
-        luts.first_input(ct, scratch.shifted.as_mut(), held, step);
+        luts.first_input(ct, scratch.shifted.as_mut(), held);
         let (lut, which) = luts.first(step);
         self.bootstrap_shifted(scratch, lut, which);
-        let Scratch { shifted, extracted, .. } = &mut *scratch;
-        luts.after_first(ct, shifted.as_mut(), extracted.as_ref(), held, step);
+        let Scratch {
+            shifted,
+            extracted,
+            kept,
+            ..
+        } = &mut *scratch;
+        if luts.keeps_bit {
+            kept.as_mut().copy_from_slice(extracted.as_ref());
+        }
+        luts.after_first(ct, shifted.as_mut(), extracted.as_ref(), held);
         if let Some((lut, which)) = luts.second(step) {
             self.bootstrap_shifted(scratch, lut, which);
             subtract(ct, scratch.extracted.as_ref());
@@ -249,27 +219,8 @@ impl<'k> Engine<'k> {
         out.copy_from_slice(scratch.extracted.as_ref());
     }
 
-    /// The last truncation step of a split table's layer: reads the table's lowest bit and removes
-    /// it from `ct` (with the digit below it), keeping the sign's output for [`Engine::split_lookup`].
-    pub fn split_last_step(&self, scratch: &mut Scratch, ct: &mut [u64], split: &SplitLuts) {
-        split.sign_input(ct, scratch.shifted.as_mut());
-        let (lut, which) = split.sign_table();
-        self.bootstrap_shifted(scratch, lut, which);
-        let Scratch {
-            shifted,
-            extracted,
-            kept,
-            ..
-        } = &mut *scratch;
-        split.remove_kept_bit(ct, shifted.as_mut(), extracted.as_ref(), kept.as_mut());
-        if let Some((lut, which)) = split.digit_table() {
-            self.bootstrap_shifted(scratch, lut, which);
-            subtract(ct, scratch.extracted.as_ref());
-        }
-    }
-
-    /// A split table of channel `channel` after [`Engine::split_last_step`], into `out`: the low
-    /// half read from `ct`, plus the signed half read with the kept bit at the top.
+    /// A split table of channel `channel` after the layer's last step kept its sign output, into
+    /// `out`: the low half read from `ct`, plus the signed half read with the kept bit at the top.
     pub fn split_lookup(&self, scratch: &mut Scratch, ct: &[u64], split: &SplitLuts, channel: usize, out: &mut [u64]) {
         self.lookup(scratch, ct, &split.low[channel], out);
         let Scratch { shifted, kept, .. } = &mut *scratch;
@@ -339,60 +290,82 @@ pub fn subtract(ct: &mut [u64], out: &[u64]) {
 }
 
 impl StepLuts {
-    /// Accumulators for a step removing `bits` low bits while `held` bits are held.
-    pub fn new(params: &FheParams, held: u32, bits: u32) -> StepLuts {
-        if bits == 1 {
-            // Constant -Delta_held / 2 (negated on the upper half of the torus).
-            let half = (delta(held) / 2).wrapping_neg();
-            return StepLuts {
-                sign: accumulator(params, 0, |_| half),
-                digit: None,
-            };
-        }
-        StepLuts {
-            sign: quarter_sign(params),
-            digit: Some(digit_accumulator(params, held, bits)),
+    /// Accumulators for a step of kind `kind` while `held` bits are held.
+    pub fn new(params: &FheParams, held: u32, kind: StepKind) -> StepLuts {
+        match kind {
+            StepKind::Digit(bits) => StepLuts {
+                kind,
+                sign: quarter_sign(params),
+                digit: Some(digit_accumulator(params, held, bits)),
+                keeps_bit: false,
+            },
+            StepKind::Extended(bits) => {
+                // -/+ half the removed bit's weight, negated on the upper half of the torus.
+                let half = (delta(held) << bits) / 2;
+                StepLuts {
+                    kind,
+                    sign: accumulator(params, 0, |_| half.wrapping_neg()),
+                    digit: (bits > 0).then(|| digit_accumulator(params, held, bits)),
+                    keeps_bit: false,
+                }
+            }
         }
     }
 
-    /// The step's first bootstrap: the sign table, with the step's key for a single bit (its
-    /// output stays in the accumulator), the cheap key before a digit.
+    /// Whether the step keeps its sign output for a split table.
+    pub fn keeps_bit(&self) -> bool {
+        self.keeps_bit
+    }
+
+    fn digit_bits(&self) -> u32 {
+        match self.kind {
+            StepKind::Digit(bits) | StepKind::Extended(bits) => bits,
+        }
+    }
+
+    /// The step's first bootstrap: the sign table, on the cheap key before a plain digit (its
+    /// output only clears a bit of the digit's input), else on the step's key.
     pub fn first(&self, step: TruncStep) -> (&GlweCiphertextOwned<u64>, Bootstrap) {
-        match self.digit {
-            None => (&self.sign, key_of(step)),
-            Some(_) => (&self.sign, Bootstrap::Cheap),
+        match self.kind {
+            StepKind::Digit(_) => (&self.sign, Bootstrap::Cheap),
+            StepKind::Extended(_) => (&self.sign, key_of(step)),
         }
     }
 
-    /// The step's second bootstrap, for a digit: its table, with the step's key.
+    /// The step's second bootstrap, for a digit: its table, with the step's key after a plain
+    /// sign, with the cheap key in an extended step.
     pub fn second(&self, step: TruncStep) -> Option<(&GlweCiphertextOwned<u64>, Bootstrap)> {
-        self.digit.as_ref().map(|digit| (digit, key_of(step)))
-    }
-
-    /// Writes into `input` what the first bootstrap reads from accumulator `ct` (`held` bits).
-    pub fn first_input(&self, ct: &[u64], input: &mut [u64], held: u32, step: TruncStep) {
-        // A single bit: moved to the top and centred, phase 1/4 for bit 0, 3/4 for bit 1. A digit:
-        // it and the bit above it at the top of the torus, centred in their slots.
-        let (shift, centre) = match self.digit {
-            None => (held, 1u64 << 62),
-            Some(_) => (held - step.bits, 1u64 << (62 - step.bits)),
+        let which = match self.kind {
+            StepKind::Digit(_) => key_of(step),
+            StepKind::Extended(_) => Bootstrap::Cheap,
         };
-        shift_left(ct, input, shift);
-        let body = input.len() - 1;
-        input[body] = input[body].wrapping_add(centre);
+        self.digit.as_ref().map(|digit| (digit, which))
     }
 
-    /// After the first bootstrap returned `out`: a single bit is removed from `ct`, which ends the
-    /// step; before a digit, `input` becomes what the second bootstrap reads.
-    pub fn after_first(&self, ct: &mut [u64], input: &mut [u64], out: &[u64], held: u32, step: TruncStep) {
-        match self.digit {
-            None => {
-                // The bootstrap returned -/+ Delta/2 for bit 0/1; subtract bit * Delta.
+    /// Writes into `input` what the first bootstrap reads from accumulator `ct` (`held` bits): the
+    /// digit (none for a single bit) and the bit above it at the top of the torus, centred in their
+    /// slots (phase 1/4 or 3/4 for a single bit).
+    pub fn first_input(&self, ct: &[u64], input: &mut [u64], held: u32) {
+        let bits = self.digit_bits();
+        shift_left(ct, input, held - bits);
+        let body = input.len() - 1;
+        input[body] = input[body].wrapping_add(1u64 << (62 - bits));
+    }
+
+    /// After the first bootstrap returned `out`: a plain digit's input loses the bit above the
+    /// digit; an extended step removes that bit from `ct` (which ends a single-bit step) and
+    /// writes the digit's input, the digit now under a zero bit.
+    pub fn after_first(&self, ct: &mut [u64], input: &mut [u64], out: &[u64], held: u32) {
+        match self.kind {
+            StepKind::Digit(bits) => clear_bit_above(input, out, bits),
+            StepKind::Extended(bits) => {
                 subtract(ct, out);
                 let body = ct.len() - 1;
-                ct[body] = ct[body].wrapping_sub(delta(held) / 2);
+                ct[body] = ct[body].wrapping_sub((delta(held) << bits) / 2);
+                if bits > 0 {
+                    shift_left(ct, input, held - bits);
+                }
             }
-            Some(_) => clear_bit_above(input, out, step.bits),
         }
     }
 }
@@ -403,18 +376,21 @@ impl LayerLuts {
         let mut steps: Vec<(TruncStep, u32, StepLuts)> = layer
             .steps
             .iter()
-            .map(|&step| {
+            .zip(layer.step_kinds(&layer.steps))
+            .map(|(&step, kind)| {
                 let before = held;
                 held -= step.bits;
-                (step, before, StepLuts::new(params, before, step.bits))
+                (step, before, StepLuts::new(params, before, kind))
             })
             .collect();
         if layer.split_table() {
-            let (step, before, _) = steps.pop().expect("a split table's layer has a last truncation step");
+            let (step, before, last) = steps.last_mut().expect("a split table's layer has a truncation step");
+            last.keeps_bit = true;
+            let (step, before) = (*step, *before);
             return LayerLuts {
+                split: Some(SplitLuts::new(params, layer, step, before)),
                 steps,
                 tables: Vec::new(),
-                split: Some(SplitLuts::new(params, layer, step, before)),
             };
         }
         let tables = layer
@@ -492,23 +468,19 @@ impl Bootstrapper for Engine<'_> {
             .for_each_init(
                 || self.scratch(),
                 |scratch, (i, (ct, dst))| {
-                    let add = |stage: usize, ct: &mut [u64]| {
+                    for (stage, (step, held, step_luts)) in luts.steps.iter().enumerate() {
                         if let Some(r) = residual {
                             r.add(stage, i, ct);
                         }
-                    };
-                    for (stage, (step, held, step_luts)) in luts.steps.iter().enumerate() {
-                        add(stage, ct);
                         self.truncation_step(scratch, ct, *held, *step, step_luts);
+                    }
+                    if let Some(r) = residual {
+                        r.add(luts.steps.len(), i, ct);
                     }
                     let channel = i / per_channel;
                     if let Some(split) = &luts.split {
-                        add(luts.steps.len(), ct);
-                        self.split_last_step(scratch, ct, split);
-                        add(luts.steps.len() + 1, ct);
                         self.split_lookup(scratch, ct, split, channel, dst);
                     } else {
-                        add(luts.steps.len(), ct);
                         self.lookup(scratch, ct, &luts.tables[channel], dst);
                     }
                     if let Some(bar) = progress {

@@ -192,23 +192,29 @@ impl Bootstrapper for GpuEngine {
                     .for_each(|(i, ct)| r.add(stage, i, ct));
             }
         };
+        // The last step's sign outputs, kept for a split table.
+        let mut kept = Vec::new();
         for (stage, (step, held, step_luts)) in luts.steps.iter().enumerate() {
             add_residual(&mut acc, stage);
             acc.par_chunks(size)
                 .zip(inputs.par_chunks_mut(size))
-                .for_each(|(ct, input)| step_luts.first_input(ct, input, *held, *step));
+                .for_each(|(ct, input)| step_luts.first_input(ct, input, *held));
             let out = single_table(&inputs, step_luts.first(*step));
             acc.par_chunks_mut(size)
                 .zip(inputs.par_chunks_mut(size))
                 .zip(out.par_chunks(size))
-                .for_each(|((ct, input), out)| step_luts.after_first(ct, input, out, *held, *step));
+                .for_each(|((ct, input), out)| step_luts.after_first(ct, input, out, *held));
             if let Some(second) = step_luts.second(*step) {
                 let out = single_table(&inputs, second);
                 acc.par_chunks_mut(size)
                     .zip(out.par_chunks(size))
                     .for_each(|(ct, out)| subtract(ct, out));
             }
+            if step_luts.keeps_bit() {
+                kept = out;
+            }
         }
+        add_residual(&mut acc, luts.steps.len());
         // A round in which ciphertext i reads its channel's table from `tables`, on the precise key.
         let by_channel = |inputs: &[u64], tables: &[GlweCiphertextOwned<u64>]| {
             let tables = self.upload_luts(tables);
@@ -219,28 +225,10 @@ impl Bootstrapper for GpuEngine {
             };
             self.bootstrap(inputs, &round, &indexes, progress)
         };
-        add_residual(&mut acc, luts.steps.len());
         let Some(split) = &luts.split else {
             let out = by_channel(&acc, &luts.tables);
             return LweCiphertextList::from_container(out, LweSize(size), native());
         };
-        acc.par_chunks(size)
-            .zip(inputs.par_chunks_mut(size))
-            .for_each(|(ct, input)| split.sign_input(ct, input));
-        let sign = single_table(&inputs, split.sign_table());
-        let mut kept = vec![0u64; acc.len()];
-        acc.par_chunks_mut(size)
-            .zip(inputs.par_chunks_mut(size))
-            .zip(sign.par_chunks(size))
-            .zip(kept.par_chunks_mut(size))
-            .for_each(|(((ct, input), sign), kept)| split.remove_kept_bit(ct, input, sign, kept));
-        if let Some(digit) = split.digit_table() {
-            let out = single_table(&inputs, digit);
-            acc.par_chunks_mut(size)
-                .zip(out.par_chunks(size))
-                .for_each(|(ct, out)| subtract(ct, out));
-        }
-        add_residual(&mut acc, luts.steps.len() + 1);
         let mut out = by_channel(&acc, &split.low);
         acc.par_chunks(size)
             .zip(kept.par_chunks(size))
