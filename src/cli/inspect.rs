@@ -124,10 +124,10 @@ fn steps_label(steps: &[crate::circuit::TruncStep], split: bool) -> String {
         .enumerate()
         .map(|(i, s)| {
             let mark = if s.precise { "*" } else { "" };
-            match (split && i + 1 == steps.len(), s.bits) {
-                (true, 1) => format!("0+1{mark}"),
-                (true, bits) => format!("{}+1{mark}", bits - 1),
-                (false, bits) => format!("{bits}{mark}"),
+            if split && i + 1 == steps.len() {
+                format!("{}+1{mark}", s.bits - 1)
+            } else {
+                format!("{}{mark}", s.bits)
             }
         })
         .collect();

@@ -56,8 +56,8 @@ pub struct LayerLuts {
 /// of W - 1 bits, so the table outputs (-1)^p T[t mod 2^W], as a direct table does.
 pub struct SplitLuts {
     lut_bits: u32,
-    /// Weight of c in the accumulator before the last step.
-    unit: u64,
+    /// Half the weight of c in the accumulator before the last step.
+    half: u64,
     /// 2D per channel (one more output bit), read with c at the top.
     pub signed: Vec<GlweCiphertextOwned<u64>>,
     /// 2M per channel, read without c.
@@ -81,7 +81,7 @@ impl SplitLuts {
         };
         SplitLuts {
             lut_bits: layer.lut_bits,
-            unit: delta(held) << (step.bits - 1),
+            half: half_weight(held, step.bits - 1),
             signed: halves(|a, b| a - b),
             low: halves(|a, b| a + b),
         }
@@ -94,7 +94,7 @@ impl SplitLuts {
             *d = c.wrapping_add(k << self.lut_bits);
         }
         let body = input.len() - 1;
-        input[body] = input[body].wrapping_add((self.unit / 2) << self.lut_bits);
+        input[body] = input[body].wrapping_add(self.half << self.lut_bits);
     }
 }
 
@@ -255,9 +255,19 @@ pub fn table_accumulator(params: &FheParams, table: &[i64], output_bits: u32) ->
     })
 }
 
-/// Constant -1/4: returns -1/4 or +1/4 for a top bit 0 or 1 (the bit above a digit).
+/// Constant -`half`: returns -`half` or +`half` for a top bit 0 or 1.
+fn sign_accumulator(params: &FheParams, half: u64) -> GlweCiphertextOwned<u64> {
+    accumulator(params, 0, |_| half.wrapping_neg())
+}
+
+/// Returns -1/4 or +1/4 for the bit above a digit.
 fn quarter_sign(params: &FheParams) -> GlweCiphertextOwned<u64> {
-    accumulator(params, 0, |_| (1u64 << 62).wrapping_neg())
+    sign_accumulator(params, 1u64 << 62)
+}
+
+/// Half the weight, in an accumulator holding `held` bits, of the bit above `digit_bits` low bits.
+fn half_weight(held: u32, digit_bits: u32) -> u64 {
+    (delta(held) << digit_bits) / 2
 }
 
 /// The table of a `bits`-bit digit: the digit d times Delta_held; index 2^bits (the negacyclic
@@ -299,16 +309,12 @@ impl StepLuts {
                 digit: Some(digit_accumulator(params, held, bits)),
                 keeps_bit: false,
             },
-            StepKind::Extended(bits) => {
-                // -/+ half the removed bit's weight, negated on the upper half of the torus.
-                let half = (delta(held) << bits) / 2;
-                StepLuts {
-                    kind,
-                    sign: accumulator(params, 0, |_| half.wrapping_neg()),
-                    digit: (bits > 0).then(|| digit_accumulator(params, held, bits)),
-                    keeps_bit: false,
-                }
-            }
+            StepKind::Extended(bits) => StepLuts {
+                kind,
+                sign: sign_accumulator(params, half_weight(held, bits)),
+                digit: (bits > 0).then(|| digit_accumulator(params, held, bits)),
+                keeps_bit: false,
+            },
         }
     }
 
@@ -361,7 +367,7 @@ impl StepLuts {
             StepKind::Extended(bits) => {
                 subtract(ct, out);
                 let body = ct.len() - 1;
-                ct[body] = ct[body].wrapping_sub((delta(held) << bits) / 2);
+                ct[body] = ct[body].wrapping_sub(half_weight(held, bits));
                 if bits > 0 {
                     shift_left(ct, input, held - bits);
                 }
