@@ -227,13 +227,17 @@ impl Requant {
         self.shift() + u32::from(self.split_table())
     }
 
+    /// Whether step `i` of `count` keeps its sign output: the last one before a split table.
+    pub fn step_keeps_bit(&self, i: usize, count: usize) -> bool {
+        self.split_table() && i + 1 == count
+    }
+
     /// The kind of each of `steps` in this layer (the last one keeps its bit before a split table).
     pub fn step_kinds(&self, steps: &[TruncStep]) -> Vec<StepKind> {
-        let last = steps.len().saturating_sub(1);
         steps
             .iter()
             .enumerate()
-            .map(|(i, s)| s.kind(self.split_table() && i == last))
+            .map(|(i, s)| s.kind(self.step_keeps_bit(i, steps.len())))
             .collect()
     }
 

@@ -180,7 +180,7 @@ impl<'k> Engine<'k> {
 
     /// Accumulators for `step` (of a layer with a direct table) while `held` bits are held.
     pub fn step_luts(&self, held: u32, step: TruncStep) -> StepLuts {
-        StepLuts::new(&self.key.params, held, step.kind(false))
+        StepLuts::new(&self.key.params, held, step.kind(false), false)
     }
 
     /// One exact truncation step: `ct` holds m with `held` bits (Delta = 2^(63 - held)); afterwards
@@ -300,20 +300,21 @@ pub fn subtract(ct: &mut [u64], out: &[u64]) {
 }
 
 impl StepLuts {
-    /// Accumulators for a step of kind `kind` while `held` bits are held.
-    pub fn new(params: &FheParams, held: u32, kind: StepKind) -> StepLuts {
+    /// Accumulators for a step of kind `kind` while `held` bits are held; `keeps_bit` for the last
+    /// step before a split table ([`Requant::step_keeps_bit`]).
+    pub fn new(params: &FheParams, held: u32, kind: StepKind, keeps_bit: bool) -> StepLuts {
         match kind {
             StepKind::Digit(bits) => StepLuts {
                 kind,
                 sign: quarter_sign(params),
                 digit: Some(digit_accumulator(params, held, bits)),
-                keeps_bit: false,
+                keeps_bit,
             },
             StepKind::Extended(bits) => StepLuts {
                 kind,
                 sign: sign_accumulator(params, half_weight(held, bits)),
                 digit: (bits > 0).then(|| digit_accumulator(params, held, bits)),
-                keeps_bit: false,
+                keeps_bit,
             },
         }
     }
@@ -379,20 +380,21 @@ impl StepLuts {
 impl LayerLuts {
     pub fn new(params: &FheParams, layer: &Requant) -> LayerLuts {
         let mut held = layer.acc_bits;
-        let mut steps: Vec<(TruncStep, u32, StepLuts)> = layer
+        let count = layer.steps.len();
+        let steps: Vec<(TruncStep, u32, StepLuts)> = layer
             .steps
             .iter()
             .zip(layer.step_kinds(&layer.steps))
-            .map(|(&step, kind)| {
+            .enumerate()
+            .map(|(i, (&step, kind))| {
                 let before = held;
                 held -= step.bits;
-                (step, before, StepLuts::new(params, before, kind))
+                let luts = StepLuts::new(params, before, kind, layer.step_keeps_bit(i, count));
+                (step, before, luts)
             })
             .collect();
         if layer.split_table() {
-            let (step, before, last) = steps.last_mut().expect("a split table's layer has a truncation step");
-            last.keeps_bit = true;
-            let (step, before) = (*step, *before);
+            let &(step, before, _) = steps.last().expect("a split table's layer has a truncation step");
             return LayerLuts {
                 split: Some(SplitLuts::new(params, layer, step, before)),
                 steps,
