@@ -70,7 +70,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
                     r.name,
                     format!(
                         "truncate {} + {}table",
-                        steps_label(&r.steps, r.split_table()),
+                        steps_label(r),
                         if r.split_table() { "split " } else { "" }
                     ),
                     r.shape.len(),
@@ -118,13 +118,14 @@ pub fn run(a: Args) -> anyhow::Result<()> {
 
 /// Truncation steps as "4+2 bits" with precise steps marked by "*"; before a split table, the last
 /// step's read of the table's lowest bit shows as a final "+1".
-fn steps_label(steps: &[crate::circuit::TruncStep], split: bool) -> String {
-    let parts: Vec<String> = steps
+fn steps_label(r: &crate::circuit::Requant) -> String {
+    let parts: Vec<String> = r
+        .steps
         .iter()
         .enumerate()
         .map(|(i, s)| {
             let mark = if s.precise { "*" } else { "" };
-            if split && i + 1 == steps.len() {
+            if r.step_keeps_bit(i, r.steps.len()) {
                 format!("{}+1{mark}", s.bits - 1)
             } else {
                 format!("{}{mark}", s.bits)

@@ -180,7 +180,7 @@ impl<'k> Engine<'k> {
 
     /// Accumulators for `step` (of a layer with a direct table) while `held` bits are held.
     pub fn step_luts(&self, held: u32, step: TruncStep) -> StepLuts {
-        StepLuts::new(&self.key.params, held, step.kind(false), false)
+        StepLuts::new(&self.key.params, held, step, false)
     }
 
     /// One exact truncation step: `ct` holds m with `held` bits (Delta = 2^(63 - held)); afterwards
@@ -300,9 +300,10 @@ pub fn subtract(ct: &mut [u64], out: &[u64]) {
 }
 
 impl StepLuts {
-    /// Accumulators for a step of kind `kind` while `held` bits are held; `keeps_bit` for the last
-    /// step before a split table ([`Requant::step_keeps_bit`]).
-    pub fn new(params: &FheParams, held: u32, kind: StepKind, keeps_bit: bool) -> StepLuts {
+    /// Accumulators for `step` while `held` bits are held; `keeps_bit` for the last step before a
+    /// split table ([`Requant::step_keeps_bit`]), which also decides the step's kind.
+    pub fn new(params: &FheParams, held: u32, step: TruncStep, keeps_bit: bool) -> StepLuts {
+        let kind = step.kind(keeps_bit);
         match kind {
             StepKind::Digit(bits) => StepLuts {
                 kind,
@@ -384,12 +385,11 @@ impl LayerLuts {
         let steps: Vec<(TruncStep, u32, StepLuts)> = layer
             .steps
             .iter()
-            .zip(layer.step_kinds(&layer.steps))
             .enumerate()
-            .map(|(i, (&step, kind))| {
+            .map(|(i, &step)| {
                 let before = held;
                 held -= step.bits;
-                let luts = StepLuts::new(params, before, kind, layer.step_keeps_bit(i, count));
+                let luts = StepLuts::new(params, before, step, layer.step_keeps_bit(i, count));
                 (step, before, luts)
             })
             .collect();
