@@ -3,9 +3,11 @@
 //! Header: magic `PKNF`, kind (u8), format version (u16 LE), key id (16 bytes), model id
 //! (16 bytes; zero where no model applies), payload length (u64 LE), SHA-256 of the payload.
 //! Files are written to a temporary file in the same directory and renamed into place, so an
-//! existing file is never replaced by a partial one.
+//! existing file is never replaced by a partial one. Payloads stream through the checksum both ways
+//! (a checkpoint of a wide layer is gigabytes: it is never held a second time as bytes), except a
+//! client key's, whose few bytes are held and then zeroized.
 
-use std::io::{Read, Write};
+use std::io::{BufReader, BufWriter, Read, Write};
 use std::path::Path;
 
 use serde::{de::DeserializeOwned, Serialize};
@@ -77,34 +79,103 @@ pub fn hex(id: &[u8]) -> String {
     id.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Serialise `payload` and write it atomically to `path`. `private` files get mode 0600.
-pub fn write<T: Serialize>(path: &Path, kind: Kind, ids: Ids, payload: &T, private: bool) -> Result<()> {
-    let mut body = bincode::serialize(payload).map_err(|e| Error::format(path, format!("cannot serialise: {e}")))?;
-    let mut bytes = frame(kind, ids, &body);
-    let written = write_atomic(path, &bytes, private);
-    if private {
-        body.zeroize();
-        bytes.zeroize();
-    }
-    written
+/// A reader or writer that hashes and counts the bytes passing through it.
+struct Digesting<S> {
+    inner: S,
+    hasher: Sha256,
+    bytes: u64,
 }
 
-/// The file bytes for an already serialised payload: header, checksum, then `body`.
-pub fn frame(kind: Kind, ids: Ids, body: &[u8]) -> Vec<u8> {
-    let mut bytes = Vec::with_capacity(HEADER_LEN + body.len());
+impl<S> Digesting<S> {
+    fn new(inner: S) -> Self {
+        Digesting {
+            inner,
+            hasher: Sha256::new(),
+            bytes: 0,
+        }
+    }
+
+    fn seen(&mut self, data: &[u8]) {
+        self.hasher.update(data);
+        self.bytes += data.len() as u64;
+    }
+}
+
+impl<W: Write> Write for Digesting<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.seen(&buf[..n]);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+impl<R: Read> Read for Digesting<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.seen(&buf[..n]);
+        Ok(n)
+    }
+}
+
+/// Serialise `payload` and write it atomically to `path`. `private` files get mode 0600 and are
+/// serialised in memory, so that their bytes can be zeroized; the others are serialised twice,
+/// once for the header's length and checksum and once into the file.
+pub fn write<T: Serialize>(path: &Path, kind: Kind, ids: Ids, payload: &T, private: bool) -> Result<()> {
+    let cannot = |e: bincode::Error| Error::format(path, format!("cannot serialise: {e}"));
+    if private {
+        let mut body = bincode::serialize(payload).map_err(cannot)?;
+        let mut bytes = frame(kind, ids, &body);
+        let written = write_atomic(path, &bytes, private);
+        body.zeroize();
+        bytes.zeroize();
+        return written;
+    }
+    let mut measured = Digesting::new(std::io::sink());
+    bincode::serialize_into(&mut measured, payload).map_err(cannot)?;
+    let head = header(kind, ids, measured.bytes, &measured.hasher.finalize());
+    write_atomic_with(path, private, |file| {
+        let mut out = BufWriter::new(file);
+        out.write_all(&head)?;
+        bincode::serialize_into(&mut out, payload).map_err(std::io::Error::other)?;
+        out.flush()
+    })
+}
+
+fn header(kind: Kind, ids: Ids, body_len: u64, digest: &[u8]) -> Vec<u8> {
+    let mut bytes = Vec::with_capacity(HEADER_LEN);
     bytes.extend_from_slice(MAGIC);
     bytes.push(kind as u8);
     bytes.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
     bytes.extend_from_slice(&ids.key);
     bytes.extend_from_slice(&ids.model);
-    bytes.extend_from_slice(&(body.len() as u64).to_le_bytes());
-    bytes.extend_from_slice(&Sha256::digest(body));
+    bytes.extend_from_slice(&body_len.to_le_bytes());
+    bytes.extend_from_slice(digest);
+    bytes
+}
+
+/// The file bytes for an already serialised payload: header, checksum, then `body`.
+pub fn frame(kind: Kind, ids: Ids, body: &[u8]) -> Vec<u8> {
+    let mut bytes = header(kind, ids, body.len() as u64, &Sha256::digest(body));
     bytes.extend_from_slice(body);
     bytes
 }
 
 /// Write `bytes` to a temporary sibling of `path`, sync it, then rename it over `path`.
 pub fn write_atomic(path: &Path, bytes: &[u8], private: bool) -> Result<()> {
+    write_atomic_with(path, private, |file| file.write_all(bytes))
+}
+
+/// Let `fill` write a temporary sibling of `path`, sync it, then rename it over `path`; on any
+/// error the temporary file is removed and `path` is left as it was.
+fn write_atomic_with(
+    path: &Path,
+    private: bool,
+    fill: impl FnOnce(&mut std::fs::File) -> std::io::Result<()>,
+) -> Result<()> {
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
         _ => std::path::PathBuf::from("."),
@@ -120,7 +191,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8], private: bool) -> Result<()> {
             options.mode(0o600);
         }
         let mut f = options.open(&tmp)?;
-        f.write_all(bytes)?;
+        fill(&mut f)?;
         f.sync_all()?;
         std::fs::rename(&tmp, path)
     })();
@@ -145,24 +216,48 @@ pub fn read<T: DeserializeOwned>(path: &Path, kind: Kind) -> Result<(Ids, T)> {
             format!("{len} bytes is too large for {}", kind.describe()),
         ));
     }
-    let mut bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    let decoded = decode(path, &bytes, kind);
     if kind == Kind::ClientKey {
+        let mut bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        let decoded = decode(path, &bytes, kind);
         bytes.zeroize();
+        return decoded;
     }
-    decoded
+    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    decode_from(path, file, len, kind)
 }
 
 /// [`read`] on bytes already in memory; `path` only names the file in errors.
 pub fn decode<T: DeserializeOwned>(path: &Path, bytes: &[u8], kind: Kind) -> Result<(Ids, T)> {
+    decode_from(path, bytes, bytes.len() as u64, kind)
+}
+
+/// Check the header of the `size` bytes `reader` yields, then deserialise the payload as it passes
+/// through the checksum. A payload whose checksum fails is refused even when it deserialised.
+fn decode_from<T: DeserializeOwned>(path: &Path, mut reader: impl Read, size: u64, kind: Kind) -> Result<(Ids, T)> {
     use bincode::Options;
-    let (ids, body) = parse(path, bytes, kind)?;
+    let io = |e| Error::io(path, e);
+    let mut head = Vec::with_capacity(HEADER_LEN);
+    (&mut reader)
+        .take(HEADER_LEN as u64)
+        .read_to_end(&mut head)
+        .map_err(io)?;
+    let (ids, body_len, digest) = parse_header(path, &head, size.saturating_sub(head.len() as u64), kind)?;
+    // Buffered above the checksum: bincode reads a word at a time, the hash sees whole blocks.
+    let mut body = BufReader::new(Digesting::new(reader.take(body_len)));
     let payload = bincode::DefaultOptions::new()
         .with_fixint_encoding()
         .allow_trailing_bytes()
         .with_limit(kind.max_payload())
-        .deserialize(body)
-        .map_err(|e| Error::format(path, format!("corrupted payload: {e}")))?;
+        .deserialize_from(&mut body);
+    std::io::copy(&mut body, &mut std::io::sink()).map_err(io)?;
+    let body = body.into_inner();
+    if body.bytes != body_len {
+        return Err(Error::format(path, "the file changed while it was read"));
+    }
+    if body.hasher.finalize().as_slice() != digest {
+        return Err(Error::format(path, "checksum mismatch: the file is corrupted"));
+    }
+    let payload = payload.map_err(|e| Error::format(path, format!("corrupted payload: {e}")))?;
     Ok((ids, payload))
 }
 
@@ -185,15 +280,17 @@ fn check_kind(path: &Path, head: &[u8], kind: Kind) -> Result<()> {
     Ok(())
 }
 
-fn parse<'a>(path: &Path, bytes: &'a [u8], kind: Kind) -> Result<(Ids, &'a [u8])> {
-    if bytes.len() < HEADER_LEN {
+/// The ids, payload length and checksum of a header, checked against `kind`, this pkn's format
+/// version and `body_len`, the number of bytes that follow the header.
+fn parse_header(path: &Path, head: &[u8], body_len: u64, kind: Kind) -> Result<(Ids, u64, [u8; 32])> {
+    if head.len() < HEADER_LEN {
         return Err(Error::format(
             path,
             format!("not a pkn file (expected {})", kind.describe()),
         ));
     }
-    check_kind(path, bytes, kind)?;
-    let version = u16::from_le_bytes([bytes[5], bytes[6]]);
+    check_kind(path, head, kind)?;
+    let version = u16::from_le_bytes([head[5], head[6]]);
     if version > FORMAT_VERSION {
         return Err(Error::format(
             path,
@@ -204,23 +301,16 @@ fn parse<'a>(path: &Path, bytes: &'a [u8], kind: Kind) -> Result<(Ids, &'a [u8])
         key: [0; 16],
         model: [0; 16],
     };
-    ids.key.copy_from_slice(&bytes[7..23]);
-    ids.model.copy_from_slice(&bytes[23..39]);
-    let len = u64::from_le_bytes(bytes[39..47].try_into().expect("8 bytes"));
-    let body = &bytes[HEADER_LEN..];
-    if len > kind.max_payload() || body.len() as u64 != len {
+    ids.key.copy_from_slice(&head[7..23]);
+    ids.model.copy_from_slice(&head[23..39]);
+    let len = u64::from_le_bytes(head[39..47].try_into().expect("8 bytes"));
+    if len > kind.max_payload() || body_len != len {
         return Err(Error::format(
             path,
-            format!(
-                "truncated or padded: header says {len} payload bytes, file has {}",
-                body.len()
-            ),
+            format!("truncated or padded: header says {len} payload bytes, file has {body_len}"),
         ));
     }
-    if Sha256::digest(body).as_slice() != &bytes[47..79] {
-        return Err(Error::format(path, "checksum mismatch: the file is corrupted"));
-    }
-    Ok((ids, body))
+    Ok((ids, len, head[47..79].try_into().expect("32 bytes")))
 }
 
 #[cfg(test)]
@@ -278,6 +368,25 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("not a pkn file"));
+    }
+
+    #[test]
+    fn streamed_files_are_the_framed_bytes_and_corruption_is_a_checksum_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("f");
+        let payload: Vec<u64> = (0..100_000).map(|i| i * 0x9e37_79b9).collect();
+        write(&p, Kind::Checkpoint, ids(), &payload, false).unwrap();
+        let good = std::fs::read(&p).unwrap();
+        let body = bincode::serialize(&payload).unwrap();
+        assert_eq!(good, frame(Kind::Checkpoint, ids(), &body));
+        let (_, back): (Ids, Vec<u64>) = read(&p, Kind::Checkpoint).unwrap();
+        assert_eq!(back, payload);
+        // A length prefix made huge stops the decoder early; the whole body is hashed anyway.
+        let mut bad = good.clone();
+        bad[HEADER_LEN + 7] ^= 0x40;
+        std::fs::write(&p, &bad).unwrap();
+        let err = read::<Vec<u64>>(&p, Kind::Checkpoint).unwrap_err().to_string();
+        assert!(err.contains("checksum mismatch"), "{err}");
     }
 
     #[cfg(unix)]
