@@ -134,10 +134,12 @@ pub fn write<T: Serialize>(path: &Path, kind: Kind, ids: Ids, payload: &T, priva
         bytes.zeroize();
         return written;
     }
-    let mut measured = Digesting::new(std::io::sink());
+    // Buffered above the checksum, as in `decode_from`: bincode writes a word at a time.
+    let mut measured = BufWriter::new(Digesting::new(std::io::sink()));
     bincode::serialize_into(&mut measured, payload).map_err(cannot)?;
+    let measured = measured.into_inner().map_err(|e| Error::io(path, e.into_error()))?;
     let head = header(kind, ids, measured.bytes, &measured.hasher.finalize());
-    write_atomic_with(path, private, |file| {
+    write_atomic_with(path, false, |file| {
         let mut out = BufWriter::new(file);
         out.write_all(&head)?;
         bincode::serialize_into(&mut out, payload).map_err(std::io::Error::other)?;
