@@ -7,7 +7,7 @@
 //! (a checkpoint of a wide layer is gigabytes: it is never held a second time as bytes), except a
 //! client key's, whose few bytes are held and then zeroized.
 
-use std::io::{BufReader, BufWriter, Read, Write};
+use std::io::{BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::Path;
 
 use serde::{de::DeserializeOwned, Serialize};
@@ -122,8 +122,8 @@ impl<R: Read> Read for Digesting<R> {
 }
 
 /// Serialise `payload` and write it atomically to `path`. `private` files get mode 0600 and are
-/// serialised in memory, so that their bytes can be zeroized; the others are serialised twice,
-/// once for the header's length and checksum and once into the file.
+/// serialised in memory, so that their bytes can be zeroized; the others stream into the file
+/// through the checksum, and their header is filled in once the payload is written.
 pub fn write<T: Serialize>(path: &Path, kind: Kind, ids: Ids, payload: &T, private: bool) -> Result<()> {
     let cannot = |e: bincode::Error| Error::format(path, format!("cannot serialise: {e}"));
     if private {
@@ -134,16 +134,20 @@ pub fn write<T: Serialize>(path: &Path, kind: Kind, ids: Ids, payload: &T, priva
         bytes.zeroize();
         return written;
     }
-    // Buffered above the checksum, as in `decode_from`: bincode writes a word at a time.
-    let mut measured = BufWriter::new(Digesting::new(std::io::sink()));
-    bincode::serialize_into(&mut measured, payload).map_err(cannot)?;
-    let measured = measured.into_inner().map_err(|e| Error::io(path, e.into_error()))?;
-    let head = header(kind, ids, measured.bytes, &measured.hasher.finalize());
     write_atomic_with(path, false, |file| {
-        let mut out = BufWriter::new(file);
-        out.write_all(&head)?;
-        bincode::serialize_into(&mut out, payload).map_err(std::io::Error::other)?;
-        out.flush()
+        let io = |e| Error::io(path, e);
+        // A placeholder header, rewritten in place before the file is synced and renamed.
+        file.write_all(&[0; HEADER_LEN]).map_err(io)?;
+        // Buffered above the checksum, as in `decode_from`: bincode writes a word at a time.
+        let mut out = BufWriter::new(Digesting::new(&mut *file));
+        bincode::serialize_into(&mut out, payload).map_err(|e| match *e {
+            bincode::ErrorKind::Io(e) => io(e),
+            other => cannot(other.into()),
+        })?;
+        let body = out.into_inner().map_err(|e| io(e.into_error()))?;
+        let head = header(kind, ids, body.bytes, &body.hasher.finalize());
+        file.seek(SeekFrom::Start(0)).map_err(io)?;
+        file.write_all(&head).map_err(io)
     })
 }
 
@@ -168,22 +172,21 @@ pub fn frame(kind: Kind, ids: Ids, body: &[u8]) -> Vec<u8> {
 
 /// Write `bytes` to a temporary sibling of `path`, sync it, then rename it over `path`.
 pub fn write_atomic(path: &Path, bytes: &[u8], private: bool) -> Result<()> {
-    write_atomic_with(path, private, |file| file.write_all(bytes))
+    write_atomic_with(path, private, |file| {
+        file.write_all(bytes).map_err(|e| Error::io(path, e))
+    })
 }
 
 /// Let `fill` write a temporary sibling of `path`, sync it, then rename it over `path`; on any
 /// error the temporary file is removed and `path` is left as it was.
-fn write_atomic_with(
-    path: &Path,
-    private: bool,
-    fill: impl FnOnce(&mut std::fs::File) -> std::io::Result<()>,
-) -> Result<()> {
+fn write_atomic_with(path: &Path, private: bool, fill: impl FnOnce(&mut std::fs::File) -> Result<()>) -> Result<()> {
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
         _ => std::path::PathBuf::from("."),
     };
     let name = path.file_name().ok_or_else(|| Error::format(path, "not a file name"))?;
     let tmp = dir.join(format!(".{}.{}.tmp", name.to_string_lossy(), std::process::id()));
+    let io = |e| Error::io(path, e);
     let result = (|| {
         let mut options = std::fs::OpenOptions::new();
         options.write(true).create(true).truncate(true);
@@ -192,15 +195,15 @@ fn write_atomic_with(
             use std::os::unix::fs::OpenOptionsExt;
             options.mode(0o600);
         }
-        let mut f = options.open(&tmp)?;
+        let mut f = options.open(&tmp).map_err(io)?;
         fill(&mut f)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
+        f.sync_all().map_err(io)?;
+        std::fs::rename(&tmp, path).map_err(io)
     })();
-    result.map_err(|e| {
+    if result.is_err() {
         let _ = std::fs::remove_file(&tmp);
-        Error::io(path, e)
-    })
+    }
+    result
 }
 
 /// Read a file of `kind`, check its header and checksum, and deserialise the payload.
