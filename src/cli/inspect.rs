@@ -102,8 +102,14 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     for candidate in &all {
         let worst = candidate.report.worst_log2_pfail();
         let verdict = if worst <= LOG2_PFAIL_LIMIT { "meets" } else { "fails" };
+        let layer = candidate.report.worst();
+        let place = if candidate.report.output_log2_pfail >= layer.log2_pfail {
+            "output".into()
+        } else {
+            layer.name
+        };
         println!(
-            "  candidate {}: worst log2 p-fail {worst:.1} ({verdict} the limit), cost {:.0} stock bootstraps",
+            "  candidate {}: worst log2 p-fail {worst:.1} in {place} ({verdict} the limit), cost {:.0} stock bootstraps",
             candidate.params.name(),
             candidate.cost
         );

@@ -310,7 +310,7 @@ impl Builder<'_> {
                                 lin.layer.name
                             )));
                         }
-                        self.output = Some(output_layer(lin, &state, &self.model.arch.classes)?);
+                        self.output = Some(output_layer(lin, &state, &self.model.arch.classes, self.options)?);
                         return Ok(state);
                     }
                     let channels = lin.layer.out_shape.channels;
@@ -638,7 +638,17 @@ fn requantize(
 }
 
 /// The last layer: its accumulators are the outputs, decrypted directly (no bootstrap).
-fn output_layer(mut lin: QuantizedLinear, state: &State, classes: &[String]) -> Result<(Linear, OutputSpec)> {
+///
+/// The scores are held signed in `bits` bits plus a sign: enough for the worst case, or, when
+/// windows are calibrated, for twice the largest calibrated |score| times (1 + margin) if that is
+/// narrower. Every bit saved halves the noise the decryption must tolerate (cnn-pkn: 12 bits
+/// instead of 15); a score beyond the window wraps, in both evaluators alike.
+fn output_layer(
+    mut lin: QuantizedLinear,
+    state: &State,
+    classes: &[String],
+    options: &Resolved,
+) -> Result<(Linear, OutputSpec)> {
     let scale = lin.weight_scale[0];
     lin.layer.offsets = (0..lin.layer.out_shape.channels)
         .map(|c| (lin.bias[c] / scale).round() as i64 - lin.zero_term[c].round() as i64)
@@ -648,7 +658,26 @@ fn output_layer(mut lin: QuantizedLinear, state: &State, classes: &[String]) -> 
         b.lo += off;
         b.hi += off;
     }
-    let max_abs = worst.iter().map(|b| b.lo.abs().max(b.hi.abs())).max().unwrap_or(0);
+    let worst_abs = worst.iter().map(|b| b.lo.abs().max(b.hi.abs())).max().unwrap_or(0);
+    let calibrated_abs = options.margin.map(|margin| {
+        let largest = state
+            .values
+            .par_iter()
+            .map(|v| {
+                let scores = clear::linear(&lin.layer, v, None);
+                let per_channel = lin.layer.out_shape.per_channel();
+                scores
+                    .iter()
+                    .enumerate()
+                    .map(|(i, s)| (s + lin.layer.offsets[i / per_channel]).abs())
+                    .max()
+                    .unwrap_or(0)
+            })
+            .max()
+            .unwrap_or(0);
+        (2.0 * largest as f64 * (1.0 + margin)).ceil() as i64
+    });
+    let max_abs = calibrated_abs.map_or(worst_abs, |c| c.min(worst_abs));
     let bits = bits_for(max_abs + 1);
     Ok((
         lin.layer,
@@ -733,6 +762,51 @@ fn apply_plan(circuit: &mut Circuit, plan: &[(usize, Vec<TruncStep>)]) {
     for (i, steps) in plan {
         if let Layer::Requant(r) = &mut circuit.layers[*i] {
             r.steps = steps.clone();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    fn shipped(name: &str, options: &CompileOptions) -> Circuit {
+        let weights = Path::new(env!("CARGO_MANIFEST_DIR")).join("weights");
+        let model = crate::model::load_model(&weights.join(format!("{name}.safetensors"))).unwrap();
+        let images = crate::io::idx::read_images(&weights.join("calibration-images.idx")).unwrap();
+        compile(&model, &images[..100], options).unwrap()
+    }
+
+    #[test]
+    fn calibrated_output_window_keeps_twice_the_calibrated_scores() {
+        let calibrated = shipped("cnn-pkn", &CompileOptions::default());
+        let worst = shipped(
+            "cnn-pkn",
+            &CompileOptions {
+                worst_case: true,
+                ..Default::default()
+            },
+        );
+        assert!(
+            calibrated.output.bits < worst.output.bits,
+            "calibrated {} bits, worst case {}",
+            calibrated.output.bits,
+            worst.output.bits
+        );
+        let weights = Path::new(env!("CARGO_MANIFEST_DIR")).join("weights");
+        let images = crate::io::idx::read_images(&weights.join("calibration-images.idx")).unwrap();
+        let half = 1i64 << (calibrated.output.bits - 1);
+        for image in &images[..100] {
+            let input = clear::quantize_pixels(image, calibrated.input.bits);
+            for score in clear::run(&calibrated, &input) {
+                assert!(
+                    score.abs() <= half,
+                    "score {score} beyond half the {}-bit window",
+                    calibrated.output.bits
+                );
+            }
         }
     }
 }
