@@ -49,7 +49,7 @@ secs() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.1f", b - a }'; }
 echo "== $model on $(nproc) cores, $(date -u '+%F %H:%M') UTC; load average $(cut -d' ' -f1-3 /proc/loadavg)"
 
 # --- pkn ---
-ours_keygen=unavailable ours_image=unavailable ours_pbs=- ours_pfail=unavailable ours_class=-
+ours_keygen=unavailable ours_image=unavailable ours_pbs=- ours_pfail=unavailable ours_class=- ours_key=- ours_exact=-
 if inspect=$("$bin" inspect --model "$model" 2>&1); then
     echo "$inspect" | sed 's/^/   /'
     ours_pbs=$(echo "$inspect" | sed -n 's/^bootstraps: \([0-9]*\).*/\1/p')
@@ -64,8 +64,16 @@ if inspect=$("$bin" inspect --model "$model" 2>&1); then
     )
     read -r _ ours_keygen _ enc _ inf _ dec _ ours_image < "$work/times"
     ours_class=$(head -1 "$work/decrypt.log")
+    ours_key="$(( $(stat -c %s "$work/server.key") / 1000000 )) MB"
+    # The decrypted scores against the clear integer circuit's on the same image.
+    "$bin" infer --model "$model" --clear "$sample" | tail -n +2 > "$work/clear.log"
+    if cmp -s "$work/clear.log" "$work/decrypt.log"; then
+        ours_exact="all decrypted scores equal pkn infer --clear's"
+    else
+        ours_exact="MISMATCH with pkn infer --clear (see $work)"
+    fi
     echo "   pkn: keygen $ours_keygen s; encrypt $enc s, infer $inf s, decrypt $dec s: $ours_image s per image"
-    echo "   pkn decrypt: $ours_class"
+    echo "   pkn decrypt: $ours_class; $ours_exact"
 else
     reason=$(echo "$inspect" | grep -v '^ *$' | tail -1)
     echo "   pkn refuses $model: $reason"
@@ -93,9 +101,9 @@ cat <<EOF
 | encrypted image (encrypt + infer + decrypt) | $(s "$ours_image") | $theirs_txt |
 | ratio Concrete ML / pkn | | $ratio |
 | bootstraps | $ours_pbs | $(get pbs) |
-| server keys | | $(get key_gib) GiB |
+| server keys | $ours_key | $(get key_gib) GiB |
 | settings | pkn's only setting: p-fail <= 2^-64 per bootstrap | $settings |
-| precision | exact: bit-exact integer circuit; p-fail of bootstraps and decryption: $ours_pfail | approximate: p_error $(get p_error) per PBS, global_p_error as Concrete reports it $(get global_p_error); max bit width $(get max_bit_width) |
+| precision | exact ($ours_exact); p-fail of bootstraps and decryption: $ours_pfail | approximate: p_error $(get p_error) per PBS, global_p_error as Concrete reports it $(get global_p_error); max bit width $(get max_bit_width) |
 | accuracy | see pkn eval (README) | Brevitas $(get acc_torch), quantized clear $(get acc_clear), simulated $(get acc_sim) |
 EOF
 [ "$ours_image" = unavailable ] && echo "pkn's side unavailable: ${reason:-}"
