@@ -441,6 +441,23 @@ impl Circuit {
             .sum()
     }
 
+    /// The most ciphertexts the encrypted evaluation holds at once, and the layer that holds them:
+    /// while layer i runs, every tensor read at or after i, a copy of its input when a later
+    /// layer reads that too, and its output (a requant fills a new tensor from its input).
+    pub fn peak_live_ciphertexts(&self) -> (usize, usize) {
+        let last_uses = self.last_uses();
+        let len = |t: usize| self.tensor_shape(t).map_or(0, |s| s.len());
+        (0..self.layers.len())
+            .map(|i| {
+                let live: usize = (0..=i).filter(|&t| last_uses[t] >= i).map(len).sum();
+                let first = self.layers[i].inputs(i)[0];
+                let copy = if last_uses[first] > i { len(first) } else { 0 };
+                (live + copy + len(i + 1), i)
+            })
+            .max()
+            .unwrap_or((len(0), 0))
+    }
+
     /// Shape of tensor `t` (0: the input, i + 1: the output of layer i).
     pub fn tensor_shape(&self, t: usize) -> Option<Shape> {
         match t {

@@ -288,15 +288,18 @@ impl ServerKey {
         }
     }
 
-    /// Decompress and convert to the Fourier domain, once per run.
+    /// Decompress and convert to the Fourier domain, once per run: one bootstrap key at a time,
+    /// each standard key dropped once converted, so that the peak holds one key twice
+    /// ([`FheParams::expanding_key_bytes`]) rather than every key twice.
     pub fn expand(self) -> EvaluationKey {
-        let standard = self.decompress();
+        let bootstrap_key = to_fourier(&self.bootstrap_key.par_decompress_into_lwe_bootstrap_key());
+        let cheap_bootstrap_key = to_fourier(&self.cheap_bootstrap_key.par_decompress_into_lwe_bootstrap_key());
         EvaluationKey {
-            params: standard.params,
-            key_id: standard.key_id,
-            bootstrap_key: to_fourier(&standard.bootstrap_key),
-            cheap_bootstrap_key: to_fourier(&standard.cheap_bootstrap_key),
-            keyswitch_key: standard.keyswitch_key,
+            params: self.params,
+            key_id: self.key_id,
+            bootstrap_key,
+            cheap_bootstrap_key,
+            keyswitch_key: self.keyswitch_key.par_decompress_into_lwe_keyswitch_key(),
         }
     }
 }
@@ -399,6 +402,20 @@ mod tests {
         key.params.pbs_level = 9;
         let err = key.check().unwrap_err().to_string();
         assert!(err.contains("unknown parameter set"), "{err}");
+    }
+
+    #[test]
+    fn expanded_key_takes_the_bytes_the_memory_estimate_counts() {
+        let mut key = server_key(PARAMS.lwe_dimension, PARAMS.ks_level);
+        key.bootstrap_key = seeded_bsk(PARAMS.lwe_dimension, PARAMS.decomposition(Bootstrap::Precise));
+        let seeded_cheap = key.cheap_bootstrap_key.as_ref().len() as u64 * 8;
+        let expanded = key.expand();
+        let fourier = |k: &FourierLweBootstrapKeyOwned| k.as_view().data().len() as u64 * 16;
+        let precise = fourier(&expanded.bootstrap_key);
+        let bytes = precise + fourier(&expanded.cheap_bootstrap_key) + expanded.keyswitch_key.as_ref().len() as u64 * 8;
+        assert_eq!(bytes, PARAMS.expanded_key_bytes());
+        // Expanding holds the precise key standard and in the Fourier domain, the cheap one seeded.
+        assert_eq!(2 * precise + seeded_cheap, PARAMS.expanding_key_bytes());
     }
 
     #[test]

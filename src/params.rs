@@ -113,6 +113,32 @@ impl FheParams {
         self.glwe_dimension * self.polynomial_size
     }
 
+    /// Bytes of one ciphertext under the big key, the form every tensor is held in.
+    pub fn ciphertext_bytes(&self) -> u64 {
+        (self.big_lwe_dimension() as u64 + 1) * 8
+    }
+
+    /// Bytes of a standard bootstrap key with `level` levels; its Fourier form (N / 2 complex
+    /// numbers of 16 bytes per polynomial) has the same size, its seeded form 1 / (k + 1) of it.
+    fn bootstrap_key_bytes(&self, level: usize) -> u64 {
+        let glwe = self.glwe_dimension as u64 + 1;
+        (self.lwe_dimension as u64) * glwe * glwe * level as u64 * self.polynomial_size as u64 * 8
+    }
+
+    /// Bytes of the evaluation key as the CPU engine holds it during a run: both bootstrap keys
+    /// in the Fourier domain and the keyswitch key.
+    pub fn expanded_key_bytes(&self) -> u64 {
+        let keyswitch = self.big_lwe_dimension() as u64 * self.ks_level as u64 * (self.lwe_dimension as u64 + 1) * 8;
+        self.bootstrap_key_bytes(self.pbs_level) + self.bootstrap_key_bytes(self.cheap_pbs_level) + keyswitch
+    }
+
+    /// Bytes held at the worst moment of expanding the key (`ServerKey::expand`): the precise
+    /// bootstrap key in both forms beside the cheap one still seeded.
+    pub fn expanding_key_bytes(&self) -> u64 {
+        2 * self.bootstrap_key_bytes(self.pbs_level)
+            + self.bootstrap_key_bytes(self.cheap_pbs_level) / (self.glwe_dimension as u64 + 1)
+    }
+
     /// log2 of 2N, the modulus the ciphertext is switched to before blind rotation.
     pub fn log2_modswitch_modulus(&self) -> usize {
         (2 * self.polynomial_size).trailing_zeros() as usize

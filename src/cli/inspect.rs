@@ -116,6 +116,23 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     }
     let secs = FheParams::estimated_seconds(c.relative_cost(&params));
     println!("estimated encrypted inference on 2 cores: {secs:.0} s (estimate from the cost model, not a measurement)");
+    let (live, at) = c.peak_live_ciphertexts();
+    let (step, part) = match &c.layers[at] {
+        Layer::Linear(l) => (&l.name, "sums"),
+        Layer::Requant(r) => (&r.name, "bootstraps"),
+    };
+    let mib = |bytes: u64| bytes as f64 / (1u64 << 20) as f64;
+    let ciphertexts = live as u64 * params.ciphertext_bytes();
+    let keys = params.expanded_key_bytes();
+    let peak = (keys + ciphertexts).max(params.expanding_key_bytes());
+    println!(
+        "memory of pkn infer: server key expanded {:.0} MiB; at most {live} ciphertexts live ({step}'s {part}), {:.0} MiB; \
+         peak about {:.0} MiB ({:.0} MiB while the key expands; estimate, not a measurement)",
+        mib(keys),
+        mib(ciphertexts),
+        mib(peak),
+        mib(params.expanding_key_bytes())
+    );
     match refusal {
         None => Ok(()),
         Some(err) => Err(err.into()),

@@ -780,6 +780,15 @@ mod tests {
     }
 
     #[test]
+    fn peak_live_ciphertexts_are_a_requant_input_and_output() {
+        // tiny-pkn: conv1's 784 accumulators and the 784 table outputs they fill, nothing else held.
+        let tiny = shipped("tiny-pkn", &CompileOptions::default());
+        let conv1 = tiny.layers[0].output_shape().len();
+        assert_eq!(conv1, 784);
+        assert_eq!(tiny.peak_live_ciphertexts(), (2 * conv1, 1));
+    }
+
+    #[test]
     fn calibrated_output_window_keeps_twice_the_calibrated_scores() {
         let calibrated = shipped("cnn-pkn", &CompileOptions::default());
         let worst = shipped(
