@@ -443,7 +443,8 @@ impl Circuit {
 
     /// The most ciphertexts the encrypted evaluation holds at once, and the layer that holds them:
     /// while layer i runs, every tensor read at or after i, a copy of its input when a later
-    /// layer reads that too, and its output (a requant fills a new tensor from its input).
+    /// layer reads that too, and the output of a linear layer (a requant writes its table
+    /// outputs over its accumulators).
     pub fn peak_live_ciphertexts(&self) -> (usize, usize) {
         let last_uses = self.last_uses();
         let len = |t: usize| self.tensor_shape(t).map_or(0, |s| s.len());
@@ -452,7 +453,11 @@ impl Circuit {
                 let live: usize = (0..=i).filter(|&t| last_uses[t] >= i).map(len).sum();
                 let first = self.layers[i].inputs(i)[0];
                 let copy = if last_uses[first] > i { len(first) } else { 0 };
-                (live + copy + len(i + 1), i)
+                let output = match self.layers[i] {
+                    Layer::Linear(_) => len(i + 1),
+                    Layer::Requant(_) => 0,
+                };
+                (live + copy + output, i)
             })
             .max()
             .unwrap_or((len(0), 0))

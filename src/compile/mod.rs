@@ -780,12 +780,15 @@ mod tests {
     }
 
     #[test]
-    fn peak_live_ciphertexts_are_a_requant_input_and_output() {
-        // tiny-pkn: conv1's 784 accumulators and the 784 table outputs they fill, nothing else held.
+    fn peak_live_ciphertexts_are_a_linear_layers_input_and_output() {
+        // tiny-pkn: the 784 encrypted pixels and conv1's 784 accumulators; its tables then write
+        // over the accumulators, and conv2 reads 784 and writes 392.
         let tiny = shipped("tiny-pkn", &CompileOptions::default());
-        let conv1 = tiny.layers[0].output_shape().len();
-        assert_eq!(conv1, 784);
-        assert_eq!(tiny.peak_live_ciphertexts(), (2 * conv1, 1));
+        assert_eq!(tiny.layers[0].output_shape().len(), 784);
+        assert_eq!(tiny.peak_live_ciphertexts(), (784 + 784, 0));
+        // cnn-pkn: conv1's 9,216 table outputs and the 2,304 sums of the pool that reads them.
+        let cnn = shipped("cnn-pkn", &CompileOptions::default());
+        assert_eq!(cnn.peak_live_ciphertexts(), (9216 + 2304, 2));
     }
 
     #[test]

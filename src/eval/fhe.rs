@@ -468,35 +468,33 @@ impl Bootstrapper for Engine<'_> {
         let size = input.lwe_size().0;
         let luts = LayerLuts::new(&self.key.params, layer);
         let per_channel = layer.shape.per_channel();
+        // Each table output replaces its accumulator: the layer holds one tensor, not two.
         let mut acc = input.into_container();
-        let mut out = vec![0u64; acc.len()];
-        acc.par_chunks_mut(size)
-            .zip(out.par_chunks_mut(size))
-            .enumerate()
-            .for_each_init(
-                || self.scratch(),
-                |scratch, (i, (ct, dst))| {
-                    for (stage, (step, held, step_luts)) in luts.steps.iter().enumerate() {
-                        if let Some(r) = residual {
-                            r.add(stage, i, ct);
-                        }
-                        self.truncation_step(scratch, ct, *held, *step, step_luts);
-                    }
+        acc.par_chunks_mut(size).enumerate().for_each_init(
+            || (self.scratch(), vec![0u64; size]),
+            |(scratch, dst), (i, ct)| {
+                for (stage, (step, held, step_luts)) in luts.steps.iter().enumerate() {
                     if let Some(r) = residual {
-                        r.add(luts.steps.len(), i, ct);
+                        r.add(stage, i, ct);
                     }
-                    let channel = i / per_channel;
-                    if let Some(split) = &luts.split {
-                        self.split_lookup(scratch, ct, split, channel, dst);
-                    } else {
-                        self.lookup(scratch, ct, &luts.tables[channel], dst);
-                    }
-                    if let Some(bar) = progress {
-                        bar.inc(layer.pbs_per_activation());
-                    }
-                },
-            );
-        LweCiphertextList::from_container(out, LweSize(size), native())
+                    self.truncation_step(scratch, ct, *held, *step, step_luts);
+                }
+                if let Some(r) = residual {
+                    r.add(luts.steps.len(), i, ct);
+                }
+                let channel = i / per_channel;
+                if let Some(split) = &luts.split {
+                    self.split_lookup(scratch, ct, split, channel, dst);
+                } else {
+                    self.lookup(scratch, ct, &luts.tables[channel], dst);
+                }
+                ct.copy_from_slice(dst);
+                if let Some(bar) = progress {
+                    bar.inc(layer.pbs_per_activation());
+                }
+            },
+        );
+        LweCiphertextList::from_container(acc, LweSize(size), native())
     }
 }
 
