@@ -126,7 +126,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let keys = params.expanded_key_bytes();
     let peak = (keys + ciphertexts).max(params.expanding_key_bytes());
     println!(
-        "memory of pkn infer: server key expanded {:.0} MiB; at most {live} ciphertexts live ({step}'s {part}), {:.0} MiB; \
+        "memory of pkn infer on the CPU: server key expanded {:.0} MiB; at most {live} ciphertexts live ({step}'s {part}), {:.0} MiB; \
          peak about {:.0} MiB ({:.0} MiB while the key expands; estimate, not a measurement)",
         mib(keys),
         mib(ciphertexts),

@@ -659,13 +659,13 @@ fn output_layer(
         b.hi += off;
     }
     let worst_abs = worst.iter().map(|b| b.lo.abs().max(b.hi.abs())).max().unwrap_or(0);
+    let per_channel = lin.layer.out_shape.per_channel();
     let calibrated_abs = options.margin.map(|margin| {
         let largest = state
             .values
             .par_iter()
             .map(|v| {
                 let scores = clear::linear(&lin.layer, v, None);
-                let per_channel = lin.layer.out_shape.per_channel();
                 scores
                     .iter()
                     .enumerate()
