@@ -102,11 +102,10 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     for candidate in &all {
         let worst = candidate.report.worst_log2_pfail();
         let verdict = if worst <= LOG2_PFAIL_LIMIT { "meets" } else { "fails" };
-        let layer = candidate.report.worst();
-        let place = if candidate.report.output_log2_pfail >= layer.log2_pfail {
+        let place = if candidate.report.output_is_worst() {
             "output".into()
         } else {
-            layer.name
+            candidate.report.worst().name
         };
         println!(
             "  candidate {}: worst log2 p-fail {worst:.1} in {place} ({verdict} the limit), cost {:.0} stock bootstraps",
@@ -124,14 +123,15 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let mib = |bytes: u64| bytes as f64 / (1u64 << 20) as f64;
     let ciphertexts = live as u64 * params.ciphertext_bytes();
     let keys = params.expanded_key_bytes();
-    let peak = (keys + ciphertexts).max(params.expanding_key_bytes());
+    let expanding = params.expanding_key_bytes();
+    let peak = (keys + ciphertexts).max(expanding);
     println!(
         "memory of pkn infer on the CPU: server key expanded {:.0} MiB; at most {live} ciphertexts live ({step}'s {part}), {:.0} MiB; \
          peak about {:.0} MiB ({:.0} MiB while the key expands; estimate, not a measurement)",
         mib(keys),
         mib(ciphertexts),
         mib(peak),
-        mib(params.expanding_key_bytes())
+        mib(expanding)
     );
     match refusal {
         None => Ok(()),

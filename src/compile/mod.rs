@@ -742,7 +742,7 @@ pub fn choose_params(circuit: &mut Circuit) -> Result<FheParams> {
     let best_failure = all.into_iter().last().map(|c| c.report);
     let report = best_failure.expect("there is at least one candidate");
     let worst = report.worst();
-    if report.output_log2_pfail >= worst.log2_pfail {
+    if report.output_is_worst() {
         return Err(Error::Compile(format!(
             "no parameter set runs this circuit exactly: decrypting the {}-bit scores of the output layer \
              reaches p-fail 2^{:.1} > 2^{LOG2_PFAIL_LIMIT} even with the most precise bootstrap; \
@@ -772,11 +772,20 @@ mod tests {
 
     use super::*;
 
+    fn weights() -> std::path::PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("weights")
+    }
+
+    /// The first 100 shipped calibration images.
+    fn calibration() -> Vec<Vec<u8>> {
+        let mut images = crate::io::idx::read_images(&weights().join("calibration-images.idx")).unwrap();
+        images.truncate(100);
+        images
+    }
+
     fn shipped(name: &str, options: &CompileOptions) -> Circuit {
-        let weights = Path::new(env!("CARGO_MANIFEST_DIR")).join("weights");
-        let model = crate::model::load_model(&weights.join(format!("{name}.safetensors"))).unwrap();
-        let images = crate::io::idx::read_images(&weights.join("calibration-images.idx")).unwrap();
-        compile(&model, &images[..100], options).unwrap()
+        let model = crate::model::load_model(&weights().join(format!("{name}.safetensors"))).unwrap();
+        compile(&model, &calibration(), options).unwrap()
     }
 
     #[test]
@@ -807,10 +816,8 @@ mod tests {
             calibrated.output.bits,
             worst.output.bits
         );
-        let weights = Path::new(env!("CARGO_MANIFEST_DIR")).join("weights");
-        let images = crate::io::idx::read_images(&weights.join("calibration-images.idx")).unwrap();
         let half = 1i64 << (calibrated.output.bits - 1);
-        for image in &images[..100] {
+        for image in &calibration() {
             let input = clear::quantize_pixels(image, calibrated.input.bits);
             for score in clear::run(&calibrated, &input) {
                 assert!(

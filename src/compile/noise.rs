@@ -43,6 +43,11 @@ impl NoiseReport {
             })
     }
 
+    /// Whether decrypting the outputs, rather than a layer's bootstrap, is the likeliest failure.
+    pub fn output_is_worst(&self) -> bool {
+        self.output_log2_pfail >= self.worst().log2_pfail
+    }
+
     pub fn worst_log2_pfail(&self) -> f64 {
         self.layers
             .iter()
