@@ -4,11 +4,15 @@
 //! `s` bits of each accumulator, lowest first, by exact steps (DESIGN 4b): a single bit costs one
 //! sign bootstrap, a digit of 2 to 4 bits costs a sign bootstrap that clears the bit above it and a
 //! table that returns it; then it bootstraps the remaining W bits through the channel's table (a
-//! 5-bit table as a split table of three bootstraps, [`SplitLuts`]). All bootstraps of a layer run
-//! in one rayon batch.
+//! 5-bit table as a split table of three bootstraps, [`SplitLuts`]). A layer's activations run in
+//! batches of [`BATCH`], spread over rayon's threads; each round of a batch's bootstraps walks the
+//! keyswitch key and the bootstrap key once for the whole batch ([`keyswitch_batch`], tfhe's
+//! batched blind rotation), so that each piece of key is used [`BATCH`] times while it is in cache.
 
 use indicatif::ProgressBar;
 use rayon::prelude::*;
+use tfhe::core_crypto::algorithms::slice_algorithms::slice_wrapping_sub_scalar_mul_assign;
+use tfhe::core_crypto::fft_impl::fft64::crypto::bootstrap::batch_blind_rotate_assign_scratch;
 use tfhe::core_crypto::fft_impl::fft64::math::fft::{Fft, FftView};
 use tfhe::core_crypto::prelude::*;
 
@@ -19,21 +23,115 @@ use crate::params::{Bootstrap, FheParams};
 
 pub type Ciphertexts = LweCiphertextListOwned<u64>;
 
-/// Per-thread buffers for keyswitch and bootstrap.
+/// Activations one CPU thread takes through a requant layer together: each round of their
+/// bootstraps reads every block of the keyswitch key and every GGSW of the bootstrap key once for
+/// all of them (docs/benchmarks.md: 1.3 to 1.5 times the throughput of one at a time).
+pub const BATCH: usize = 16;
+
+/// Per-thread buffers for a batch of up to [`BATCH`] keyswitches and bootstraps.
 pub struct Scratch {
-    small: LweCiphertextOwned<u64>,
-    shifted: LweCiphertextOwned<u64>,
-    extracted: LweCiphertextOwned<u64>,
-    /// A split table's kept sign output.
-    kept: LweCiphertextOwned<u64>,
-    rotated: GlweCiphertextOwned<u64>,
+    /// The batch's small-key ciphertexts.
+    small: Vec<u64>,
+    /// The batch's GLWE accumulators.
+    rotated: Vec<u64>,
     buffers: ComputationBuffers,
+    /// The sign outputs the last [`Engine::truncation_step`] kept for a split table.
+    kept: Option<Vec<u64>>,
+}
+
+/// The accumulator each ciphertext of a round of bootstraps is rotated with.
+#[derive(Clone, Copy)]
+pub enum Luts<'a> {
+    /// The same for every ciphertext.
+    Same(&'a GlweCiphertextOwned<u64>),
+    /// Ciphertext j of the round, activation `first + j` of its layer, reads its channel's.
+    ByChannel {
+        tables: &'a [GlweCiphertextOwned<u64>],
+        first: usize,
+        per_channel: usize,
+    },
+}
+
+impl<'a> Luts<'a> {
+    /// The accumulator of ciphertext `j` of the round.
+    pub fn of(&self, j: usize) -> &'a GlweCiphertextOwned<u64> {
+        match *self {
+            Luts::Same(lut) => lut,
+            Luts::ByChannel {
+                tables,
+                first,
+                per_channel,
+            } => &tables[(first + j) / per_channel],
+        }
+    }
+}
+
+/// tfhe's centred modulus switch of one ciphertext, computed once: the batched blind rotation reads
+/// mask element i of every ciphertext at GGSW i, which tfhe's lazy switch would recompute by
+/// walking the mask from its start.
+struct SwitchedLwe {
+    mask: Vec<usize>,
+    body: usize,
+    log_modulus: CiphertextModulusLog,
+}
+
+impl SwitchedLwe {
+    fn new(ct: LweCiphertextView<'_, u64>, log_modulus: CiphertextModulusLog) -> Self {
+        let lazy = lwe_ciphertext_centered_binary_modulus_switch::<u64, usize, _>(ct, log_modulus);
+        SwitchedLwe {
+            mask: lazy.mask().collect(),
+            body: lazy.body(),
+            log_modulus,
+        }
+    }
+}
+
+impl ModulusSwitchedLweCiphertext<usize> for SwitchedLwe {
+    fn log_modulus(&self) -> CiphertextModulusLog {
+        self.log_modulus
+    }
+
+    fn lwe_dimension(&self) -> LweDimension {
+        LweDimension(self.mask.len())
+    }
+
+    fn body(&self) -> usize {
+        self.body
+    }
+
+    fn mask(&self) -> impl ExactSizeIterator<Item = usize> + '_ {
+        self.mask.iter().copied()
+    }
+}
+
+/// tfhe's keyswitch (`keyswitch_lwe_ciphertext`, native modulus: the same signed decomposition and
+/// wrapping products, so the same result) of every big-key ciphertext in `inputs` into `outputs`,
+/// with the loops turned inside out: each block of the key (one input coefficient, every level)
+/// serves the whole batch while it is in cache, instead of the whole key streaming from memory
+/// once per ciphertext.
+pub fn keyswitch_batch(ksk: &LweKeyswitchKeyOwned<u64>, inputs: &[u64], outputs: &mut [u64]) {
+    let big = ksk.input_key_lwe_dimension().to_lwe_size().0;
+    let small = ksk.output_key_lwe_dimension().to_lwe_size().0;
+    outputs.fill(0);
+    for (out, input) in outputs.chunks_mut(small).zip(inputs.chunks(big)) {
+        out[small - 1] = input[big - 1];
+    }
+    let decomposer = SignedDecomposer::<u64>::new(ksk.decomposition_base_log(), ksk.decomposition_level_count());
+    for (coefficient, block) in ksk.iter().enumerate() {
+        for (out, input) in outputs.chunks_mut(small).zip(inputs.chunks(big)) {
+            for (level, digit) in block.iter().zip(decomposer.decompose(input[coefficient])) {
+                slice_wrapping_sub_scalar_mul_assign(out, level.as_ref(), digit.value());
+            }
+        }
+    }
 }
 
 /// The accumulators one truncation step needs (built once per layer and step), and the plaintext
 /// work around its bootstraps; the CPU [`Engine`] and the GPU engine both run steps through these.
 pub struct StepLuts {
     kind: StepKind,
+    /// Words of a big-key ciphertext.
+    size: usize,
     sign: GlweCiphertextOwned<u64>,
     digit: Option<GlweCiphertextOwned<u64>>,
     /// The last step before a split table: its sign output is kept for the table.
@@ -43,6 +141,8 @@ pub struct StepLuts {
 /// A requant layer's accumulators, built once per layer: each truncation step's, with the bits
 /// held before it, and each output channel's table (direct), or its split table.
 pub struct LayerLuts {
+    /// Words of a big-key ciphertext.
+    size: usize,
     pub steps: Vec<(TruncStep, u32, StepLuts)>,
     pub tables: Vec<GlweCiphertextOwned<u64>>,
     pub split: Option<SplitLuts>,
@@ -56,6 +156,8 @@ pub struct LayerLuts {
 /// of W - 1 bits, so the table outputs (-1)^p T[t mod 2^W], as a direct table does.
 pub struct SplitLuts {
     lut_bits: u32,
+    /// Words of a big-key ciphertext.
+    size: usize,
     /// Half the weight of c in the accumulator before the last step.
     half: u64,
     /// 2D per channel (one more output bit), read with c at the top.
@@ -81,6 +183,7 @@ impl SplitLuts {
         };
         SplitLuts {
             lut_bits: layer.lut_bits,
+            size: params.big_lwe_dimension() + 1,
             half: half_weight(held, step.bits - 1),
             signed: halves(|a, b| a - b),
             low: halves(|a, b| a + b),
@@ -141,41 +244,55 @@ impl<'k> Engine<'k> {
         let poly = PolynomialSize(p.polynomial_size);
         let mut buffers = ComputationBuffers::new();
         buffers.resize(
-            blind_rotate_assign_mem_optimized_requirement::<u64>(glwe_size, poly, self.fft())
+            batch_blind_rotate_assign_scratch::<u64>(glwe_size, poly, CiphertextCount(BATCH), self.fft())
                 .unaligned_bytes_required(),
         );
-        let big = LweSize(p.big_lwe_dimension() + 1);
         Scratch {
-            small: LweCiphertext::new(0, LweSize(p.lwe_dimension + 1), native()),
-            shifted: LweCiphertext::new(0, big, native()),
-            extracted: LweCiphertext::new(0, big, native()),
-            kept: LweCiphertext::new(0, big, native()),
-            rotated: GlweCiphertext::new(0, glwe_size, poly, native()),
+            small: vec![0; BATCH * (p.lwe_dimension + 1)],
+            rotated: vec![0; BATCH * glwe_size.0 * poly.0],
             buffers,
+            kept: None,
         }
     }
 
-    /// Keyswitch `scratch.shifted`, centred modulus switch, blind rotation of `lut` with key
-    /// `which`, and sample extraction into `scratch.extracted`.
-    fn bootstrap_shifted(&self, scratch: &mut Scratch, lut: &GlweCiphertextOwned<u64>, which: Bootstrap) {
-        keyswitch_lwe_ciphertext(&self.key.keyswitch_key, &scratch.shifted, &mut scratch.small);
-        self.bootstrap_small(scratch, lut, which);
-    }
-
-    /// [`Engine::bootstrap_shifted`] of the ciphertext already keyswitched into `scratch.small`.
-    fn bootstrap_small(&self, scratch: &mut Scratch, lut: &GlweCiphertextOwned<u64>, which: Bootstrap) {
-        let log_modulus = CiphertextModulusLog(self.key.params.log2_modswitch_modulus());
-        let switched =
-            lwe_ciphertext_centered_binary_modulus_switch::<u64, usize, _>(scratch.small.as_view(), log_modulus);
-        scratch.rotated.as_mut().copy_from_slice(lut.as_ref());
-        blind_rotate_assign_mem_optimized(
+    /// Keyswitch, centred modulus switch, blind rotation with key `which` and sample extraction of
+    /// the big-key ciphertexts `inputs` (at most [`BATCH`]), ciphertext j rotating `luts.of(j)`:
+    /// the bootstrap outputs, in the same layout.
+    pub fn bootstrap_batch(&self, scratch: &mut Scratch, inputs: &[u64], luts: Luts, which: Bootstrap) -> Vec<u64> {
+        let p = &self.key.params;
+        let big = p.big_lwe_dimension() + 1;
+        let small = p.lwe_dimension + 1;
+        let glwe_size = GlweSize(p.glwe_dimension + 1);
+        let poly = PolynomialSize(p.polynomial_size);
+        let glwe_len = glwe_size.0 * poly.0;
+        let count = inputs.len() / big;
+        assert!(count <= BATCH, "a batch holds at most {BATCH} ciphertexts, not {count}");
+        let small_cts = &mut scratch.small[..count * small];
+        keyswitch_batch(&self.key.keyswitch_key, inputs, small_cts);
+        let log_modulus = CiphertextModulusLog(p.log2_modswitch_modulus());
+        let switched: Vec<SwitchedLwe> = small_cts
+            .chunks(small)
+            .map(|ct| SwitchedLwe::new(LweCiphertext::from_container(ct, native()), log_modulus))
+            .collect();
+        let rotated = &mut scratch.rotated[..count * glwe_len];
+        for (j, acc) in rotated.chunks_mut(glwe_len).enumerate() {
+            acc.copy_from_slice(luts.of(j).as_ref());
+        }
+        self.key.bootstrap_key(which).as_view().batch_blind_rotate_assign(
+            GlweCiphertextList::from_container(&mut *rotated, glwe_size, poly, native()),
             &switched,
-            &mut scratch.rotated,
-            self.key.bootstrap_key(which),
             self.fft(),
             scratch.buffers.stack(),
         );
-        extract_lwe_sample_from_glwe_ciphertext(&scratch.rotated, &mut scratch.extracted, MonomialDegree(0));
+        let mut out = vec![0u64; inputs.len()];
+        for (acc, o) in rotated.chunks(glwe_len).zip(out.chunks_mut(big)) {
+            extract_lwe_sample_from_glwe_ciphertext(
+                &GlweCiphertext::from_container(acc, poly, native()),
+                &mut LweCiphertext::from_container(o, native()),
+                MonomialDegree(0),
+            );
+        }
+        out
     }
 
     /// Accumulators for `step` (of a layer with a direct table) while `held` bits are held.
@@ -183,28 +300,16 @@ impl<'k> Engine<'k> {
         StepLuts::new(&self.key.params, held, step, false)
     }
 
-    /// One exact truncation step: `ct` holds m with `held` bits (Delta = 2^(63 - held)); afterwards
-    /// it holds m >> step.bits with `held - step.bits` bits. `luts` is [`Engine::step_luts`] (or a
-    /// layer's). Before a split table, the sign bootstrap's output stays in the scratch for
-    /// [`Engine::split_lookup`].
+    /// One exact truncation step of one ciphertext: `ct` holds m with `held` bits (Delta =
+    /// 2^(63 - held)); afterwards it holds m >> step.bits with `held - step.bits` bits. `luts` is
+    /// [`Engine::step_luts`] (or a layer's). Before a split table, the sign bootstrap's output stays
+    /// in the scratch for [`Engine::split_lookup`].
     pub fn truncation_step(&self, scratch: &mut Scratch, ct: &mut [u64], held: u32, step: TruncStep, luts: &StepLuts) {
-        luts.first_input(ct, scratch.shifted.as_mut(), held);
-        let (lut, which) = luts.first(step);
-        self.bootstrap_shifted(scratch, lut, which);
-        let Scratch {
-            shifted,
-            extracted,
-            kept,
-            ..
-        } = &mut *scratch;
-        if luts.keeps_bit {
-            kept.as_mut().copy_from_slice(extracted.as_ref());
-        }
-        luts.after_first(ct, shifted.as_mut(), extracted.as_ref(), held);
-        if let Some((lut, which)) = luts.second(step) {
-            self.bootstrap_shifted(scratch, lut, which);
-            subtract(ct, scratch.extracted.as_ref());
-        }
+        let mut input = vec![0u64; ct.len()];
+        let kept = step_rounds(luts, step, held, ct, &mut input, &mut |inputs, l, which| {
+            self.bootstrap_batch(scratch, inputs, l, which)
+        });
+        scratch.kept = kept;
     }
 
     /// Final lookup of a requant: table `table`, output encoded with `output_bits`.
@@ -214,22 +319,82 @@ impl<'k> Engine<'k> {
 
     /// Bootstrap a ciphertext holding W bits through `lut` (precise key) into `out`.
     pub fn lookup(&self, scratch: &mut Scratch, ct: &[u64], lut: &GlweCiphertextOwned<u64>, out: &mut [u64]) {
-        scratch.shifted.as_mut().copy_from_slice(ct);
-        self.bootstrap_shifted(scratch, lut, Bootstrap::Precise);
-        out.copy_from_slice(scratch.extracted.as_ref());
+        out.copy_from_slice(&self.bootstrap_batch(scratch, ct, Luts::Same(lut), Bootstrap::Precise));
     }
 
-    /// A split table of channel `channel` after the layer's last step kept its sign output, into
-    /// `out`: the low half read from `ct`, plus the signed half read with the kept bit at the top.
+    /// A split table of channel `channel` after the last [`Engine::truncation_step`] kept its sign
+    /// output, into `out`.
     pub fn split_lookup(&self, scratch: &mut Scratch, ct: &[u64], split: &SplitLuts, channel: usize, out: &mut [u64]) {
-        self.lookup(scratch, ct, &split.low[channel], out);
-        let Scratch { shifted, kept, .. } = &mut *scratch;
-        split.signed_input(ct, kept.as_ref(), shifted.as_mut());
-        self.bootstrap_shifted(scratch, &split.signed[channel], Bootstrap::Precise);
-        for (o, e) in out.iter_mut().zip(scratch.extracted.as_ref()) {
-            *o = o.wrapping_add(*e);
-        }
+        let kept = scratch
+            .kept
+            .take()
+            .expect("the last truncation step keeps its sign output");
+        out.copy_from_slice(ct);
+        let mut input = vec![0u64; ct.len()];
+        split_table_rounds(split, out, &mut input, channel, 1, &kept, &mut |inputs, l, which| {
+            self.bootstrap_batch(scratch, inputs, l, which)
+        });
     }
+}
+
+/// A round of bootstraps: big-key ciphertexts, the accumulator of each, the key; returns the
+/// outputs in the same layout. The CPU runs a batch per thread, the GPU a whole layer.
+pub trait Round: FnMut(&[u64], Luts, Bootstrap) -> Vec<u64> {}
+
+impl<F: FnMut(&[u64], Luts, Bootstrap) -> Vec<u64>> Round for F {}
+
+/// One truncation step of every accumulator in `acc` (big-key ciphertexts); `inputs`, as long as
+/// `acc`, is working space. Returns the sign outputs when the step keeps them for a split table.
+pub fn step_rounds(
+    luts: &StepLuts,
+    step: TruncStep,
+    held: u32,
+    acc: &mut [u64],
+    inputs: &mut [u64],
+    round: &mut impl Round,
+) -> Option<Vec<u64>> {
+    let size = luts.size;
+    for (ct, input) in acc.chunks(size).zip(inputs.chunks_mut(size)) {
+        luts.first_input(ct, input, held);
+    }
+    let (lut, which) = luts.first(step);
+    let out = round(inputs, Luts::Same(lut), which);
+    for ((ct, input), o) in acc.chunks_mut(size).zip(inputs.chunks_mut(size)).zip(out.chunks(size)) {
+        luts.after_first(ct, input, o, held);
+    }
+    if let Some((lut, which)) = luts.second(step) {
+        subtract(acc, &round(inputs, Luts::Same(lut), which));
+    }
+    luts.keeps_bit.then_some(out)
+}
+
+/// A split table (activations `first..` of a layer with `per_channel` per channel) of every
+/// accumulator in `acc`, written over it: the low half read from it, plus the signed half read
+/// with the last step's kept sign output `kept` at the top.
+pub fn split_table_rounds(
+    split: &SplitLuts,
+    acc: &mut [u64],
+    inputs: &mut [u64],
+    first: usize,
+    per_channel: usize,
+    kept: &[u64],
+    round: &mut impl Round,
+) {
+    let by_channel = |tables| Luts::ByChannel {
+        tables,
+        first,
+        per_channel,
+    };
+    let mut out = round(acc, by_channel(&split.low), Bootstrap::Precise);
+    let size = split.size;
+    for ((ct, k), input) in acc.chunks(size).zip(kept.chunks(size)).zip(inputs.chunks_mut(size)) {
+        split.signed_input(ct, k, input);
+    }
+    let signed = round(inputs, by_channel(&split.signed), Bootstrap::Precise);
+    for (o, s) in out.iter_mut().zip(&signed) {
+        *o = o.wrapping_add(*s);
+    }
+    acc.copy_from_slice(&out);
 }
 
 /// A lookup accumulator: coefficient j of the rotated table answers the phases around
@@ -307,12 +472,14 @@ impl StepLuts {
         match kind {
             StepKind::Digit(bits) => StepLuts {
                 kind,
+                size: params.big_lwe_dimension() + 1,
                 sign: quarter_sign(params),
                 digit: Some(digit_accumulator(params, held, bits)),
                 keeps_bit,
             },
             StepKind::Extended(bits) => StepLuts {
                 kind,
+                size: params.big_lwe_dimension() + 1,
                 sign: sign_accumulator(params, half_weight(held, bits)),
                 digit: (bits > 0).then(|| digit_accumulator(params, held, bits)),
                 keeps_bit,
@@ -396,6 +563,7 @@ impl LayerLuts {
         if layer.split_table() {
             let &(step, before, _) = steps.last().expect("a split table's layer has a truncation step");
             return LayerLuts {
+                size: params.big_lwe_dimension() + 1,
                 split: Some(SplitLuts::new(params, layer, step, before)),
                 steps,
                 tables: Vec::new(),
@@ -407,6 +575,7 @@ impl LayerLuts {
             .map(|t| table_accumulator(params, t, layer.output_encoding_bits))
             .collect();
         LayerLuts {
+            size: params.big_lwe_dimension() + 1,
             steps,
             tables,
             split: None,
@@ -467,34 +636,65 @@ impl Bootstrapper for Engine<'_> {
     ) -> Ciphertexts {
         let size = input.lwe_size().0;
         let luts = LayerLuts::new(&self.key.params, layer);
-        let per_channel = layer.shape.per_channel();
         // Each table output replaces its accumulator: the layer holds one tensor, not two.
         let mut acc = input.into_container();
-        acc.par_chunks_mut(size).enumerate().for_each_init(
-            || (self.scratch(), vec![0u64; size]),
-            |(scratch, dst), (i, ct)| {
-                for (stage, (step, held, step_luts)) in luts.steps.iter().enumerate() {
-                    if let Some(r) = residual {
-                        r.add(stage, i, ct);
+        acc.par_chunks_mut(size * BATCH).enumerate().for_each_init(
+            || self.scratch(),
+            |scratch, (k, batch)| {
+                requant_rounds(layer, &luts, batch, k * BATCH, residual, &mut |inputs, l, which| {
+                    let out = self.bootstrap_batch(scratch, inputs, l, which);
+                    if let Some(bar) = progress {
+                        bar.inc((inputs.len() / size) as u64);
                     }
-                    self.truncation_step(scratch, ct, *held, *step, step_luts);
-                }
-                if let Some(r) = residual {
-                    r.add(luts.steps.len(), i, ct);
-                }
-                let channel = i / per_channel;
-                if let Some(split) = &luts.split {
-                    self.split_lookup(scratch, ct, split, channel, dst);
-                } else {
-                    self.lookup(scratch, ct, &luts.tables[channel], dst);
-                }
-                ct.copy_from_slice(dst);
-                if let Some(bar) = progress {
-                    bar.inc(layer.pbs_per_activation());
-                }
+                    out
+                });
             },
         );
         LweCiphertextList::from_container(acc, LweSize(size), native())
+    }
+}
+
+/// Requant layer `layer` (accumulators `luts`) on the accumulators `acc`, activations `first..` of
+/// the layer, written over them: each truncation step in turn (the deferred residual added stage
+/// by stage), then the table, every bootstrap of a step or table one round.
+pub fn requant_rounds(
+    layer: &Requant,
+    luts: &LayerLuts,
+    acc: &mut [u64],
+    first: usize,
+    residual: Option<&DeferredAdd>,
+    round: &mut impl Round,
+) {
+    let mut inputs = vec![0u64; acc.len()];
+    let size = luts.size;
+    let add_residual = |acc: &mut [u64], stage: usize| {
+        if let Some(r) = residual {
+            for (j, ct) in acc.chunks_mut(size).enumerate() {
+                r.add(stage, first + j, ct);
+            }
+        }
+    };
+    let mut kept = None;
+    for (stage, (step, held, step_luts)) in luts.steps.iter().enumerate() {
+        add_residual(acc, stage);
+        kept = step_rounds(step_luts, *step, *held, acc, &mut inputs, round);
+    }
+    add_residual(acc, luts.steps.len());
+    let per_channel = layer.shape.per_channel();
+    match &luts.split {
+        Some(split) => {
+            let kept = kept.expect("a split table's last step keeps its sign outputs");
+            split_table_rounds(split, acc, &mut inputs, first, per_channel, &kept, round);
+        }
+        None => {
+            let tables = Luts::ByChannel {
+                tables: &luts.tables,
+                first,
+                per_channel,
+            };
+            let out = round(acc, tables, Bootstrap::Precise);
+            acc.copy_from_slice(&out);
+        }
     }
 }
 
@@ -607,5 +807,57 @@ pub fn run_on(
     match done {
         Ok(out) => out,
         Err(never) => match never {},
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tfhe::core_crypto::commons::math::random::Seed;
+
+    use super::*;
+
+    #[test]
+    fn batched_keyswitch_equals_tfhe_keyswitch_word_for_word() {
+        let (big, small) = (LweDimension(256), LweDimension(64));
+        let mut seeder = new_seeder();
+        let mut secrets = SecretRandomGenerator::<DefaultRandomGenerator>::new(Seed(1));
+        let mut noise = EncryptionRandomGenerator::<DefaultRandomGenerator>::new(Seed(2), seeder.as_mut());
+        let input_key: LweSecretKeyOwned<u64> = allocate_and_generate_new_binary_lwe_secret_key(big, &mut secrets);
+        let output_key: LweSecretKeyOwned<u64> = allocate_and_generate_new_binary_lwe_secret_key(small, &mut secrets);
+        let ksk = allocate_and_generate_new_lwe_keyswitch_key(
+            &input_key,
+            &output_key,
+            DecompositionBaseLog(4),
+            DecompositionLevelCount(4),
+            DynamicDistribution::<u64>::new_t_uniform(45),
+            native(),
+            &mut noise,
+        );
+        // Edge words (0, all ones, the top bit alone, halfway between digits) and a spread of others.
+        let mut word = 0x9e37_79b9_7f4a_7c15_u64;
+        let inputs: Vec<u64> = (0..5 * big.to_lwe_size().0)
+            .map(|i| match i % 7 {
+                0 => 0,
+                1 => u64::MAX,
+                2 => 1 << 63,
+                3 => 1 << 47,
+                _ => {
+                    word = word
+                        .wrapping_mul(6_364_136_223_846_793_005)
+                        .wrapping_add(1_442_695_040_888_963_407);
+                    word
+                }
+            })
+            .collect();
+        let mut batched = vec![7u64; 5 * small.to_lwe_size().0];
+        keyswitch_batch(&ksk, &inputs, &mut batched);
+        for (input, got) in inputs
+            .chunks(big.to_lwe_size().0)
+            .zip(batched.chunks(small.to_lwe_size().0))
+        {
+            let mut one = LweCiphertext::new(0u64, small.to_lwe_size(), native());
+            keyswitch_lwe_ciphertext(&ksk, &LweCiphertext::from_container(input, native()), &mut one);
+            assert_eq!(got, one.as_ref());
+        }
     }
 }

@@ -8,10 +8,10 @@
 //! batched keyswitch whose small-key outputs stay on the device, a batched bootstrap with a table
 //! index per ciphertext, one download. The plaintext shifts and subtractions between rounds run on
 //! the CPU, since tfhe 1.8.2's `core_crypto::gpu` offers no LWE addition or scalar product; keys,
-//! tables and index vectors are uploaded once (keys per run, the rest per layer).
+//! tables and index vectors are uploaded per round (keys once per run). The rounds themselves are
+//! the CPU engine's ([`requant_rounds`]), run on the whole layer at once.
 
 use indicatif::ProgressBar;
-use rayon::prelude::*;
 use tfhe::core_crypto::gpu::entities::glwe_ciphertext_list::CudaGlweCiphertextList;
 use tfhe::core_crypto::gpu::entities::lwe_bootstrap_key::{
     CudaLweBootstrapKey, CudaModulusSwitchNoiseReductionConfiguration,
@@ -24,7 +24,7 @@ use tfhe::core_crypto::gpu::{
 };
 use tfhe::core_crypto::prelude::*;
 
-use super::fhe::{subtract, Bootstrapper, Ciphertexts, DeferredAdd, LayerLuts};
+use super::fhe::{requant_rounds, Bootstrapper, Ciphertexts, DeferredAdd, LayerLuts, Luts};
 use crate::circuit::Requant;
 use crate::keys::StandardEvaluationKey;
 use crate::params::{Bootstrap, FheParams};
@@ -37,14 +37,6 @@ pub struct GpuEngine {
     keyswitch_key: CudaLweKeyswitchKey<u64>,
     bootstrap_key: CudaLweBootstrapKey,
     cheap_bootstrap_key: CudaLweBootstrapKey,
-}
-
-/// What one round of bootstraps reads besides its inputs, all on the device.
-struct Round<'a> {
-    luts: &'a CudaGlweCiphertextList<u64>,
-    /// The table of each ciphertext: an index into `luts`.
-    lut_indexes: &'a CudaVec<u64>,
-    which: Bootstrap,
 }
 
 fn native() -> CiphertextModulus<u64> {
@@ -112,16 +104,25 @@ impl GpuEngine {
     }
 
     /// Keyswitch, centred modulus switch, blind rotation and sample extraction of every big-key
-    /// ciphertext in `inputs`; `indexes` is 0..count on the device.
-    fn bootstrap(
-        &self,
-        inputs: &[u64],
-        round: &Round,
-        indexes: &CudaVec<u64>,
-        progress: Option<&ProgressBar>,
-    ) -> Vec<u64> {
+    /// ciphertext in `inputs`, ciphertext j through `luts.of(j)` with key `which`.
+    fn bootstrap(&self, inputs: &[u64], luts: Luts, which: Bootstrap, progress: Option<&ProgressBar>) -> Vec<u64> {
         let big = LweSize(self.params.big_lwe_dimension() + 1);
         let count = LweCiphertextCount(inputs.len() / big.0);
+        let indexes = self.upload_indexes(0..count.0);
+        let (tables, lut_indexes) = match luts {
+            Luts::Same(lut) => (
+                self.upload_luts([lut]),
+                self.upload_indexes(std::iter::repeat_n(0, count.0)),
+            ),
+            Luts::ByChannel {
+                tables,
+                first,
+                per_channel,
+            } => (
+                self.upload_luts(tables),
+                self.upload_indexes((first..first + count.0).map(|i| i / per_channel)),
+            ),
+        };
         let input = CudaLweCiphertextList::from_lwe_ciphertext_list(
             &LweCiphertextList::from_container(inputs, big, native()),
             &self.streams,
@@ -132,8 +133,8 @@ impl GpuEngine {
             &self.keyswitch_key,
             &input,
             &mut small,
-            indexes,
-            indexes,
+            &indexes,
+            &indexes,
             true,
             &self.streams,
             false,
@@ -142,11 +143,11 @@ impl GpuEngine {
         cuda_programmable_bootstrap_lwe_ciphertext(
             &small,
             &mut output,
-            round.luts,
-            round.lut_indexes,
-            indexes,
-            indexes,
-            self.bootstrap_key(round.which),
+            &tables,
+            &lut_indexes,
+            &indexes,
+            &indexes,
+            self.bootstrap_key(which),
             &self.streams,
         );
         let out = output.to_lwe_ciphertext_list(&self.streams).into_container();
@@ -166,78 +167,11 @@ impl Bootstrapper for GpuEngine {
         progress: Option<&ProgressBar>,
     ) -> Ciphertexts {
         let size = input.lwe_size().0;
-        let count = input.lwe_ciphertext_count().0;
         let luts = LayerLuts::new(&self.params, layer);
-        let indexes = self.upload_indexes(0..count);
-        // Every ciphertext reads table 0 of a single-table round.
-        let first_table = self.upload_indexes(std::iter::repeat_n(0, count));
-        let per_channel = layer.shape.per_channel();
-        let channel = self.upload_indexes((0..count).map(|i| i / per_channel));
-        // A round in which every ciphertext reads the same table.
-        let single_table = |inputs: &[u64], (lut, which): (&GlweCiphertextOwned<u64>, Bootstrap)| {
-            let lut = self.upload_luts([lut]);
-            let round = Round {
-                luts: &lut,
-                lut_indexes: &first_table,
-                which,
-            };
-            self.bootstrap(inputs, &round, &indexes, progress)
-        };
         let mut acc = input.into_container();
-        let mut inputs = vec![0u64; acc.len()];
-        let add_residual = |acc: &mut [u64], stage: usize| {
-            if let Some(r) = residual {
-                acc.par_chunks_mut(size)
-                    .enumerate()
-                    .for_each(|(i, ct)| r.add(stage, i, ct));
-            }
-        };
-        // The last step's sign outputs, kept for a split table.
-        let mut kept = Vec::new();
-        for (stage, (step, held, step_luts)) in luts.steps.iter().enumerate() {
-            add_residual(&mut acc, stage);
-            acc.par_chunks(size)
-                .zip(inputs.par_chunks_mut(size))
-                .for_each(|(ct, input)| step_luts.first_input(ct, input, *held));
-            let out = single_table(&inputs, step_luts.first(*step));
-            acc.par_chunks_mut(size)
-                .zip(inputs.par_chunks_mut(size))
-                .zip(out.par_chunks(size))
-                .for_each(|((ct, input), out)| step_luts.after_first(ct, input, out, *held));
-            if let Some(second) = step_luts.second(*step) {
-                let out = single_table(&inputs, second);
-                acc.par_chunks_mut(size)
-                    .zip(out.par_chunks(size))
-                    .for_each(|(ct, out)| subtract(ct, out));
-            }
-            if step_luts.keeps_bit() {
-                kept = out;
-            }
-        }
-        add_residual(&mut acc, luts.steps.len());
-        // A round in which ciphertext i reads its channel's table from `tables`, on the precise key.
-        let by_channel = |inputs: &[u64], tables: &[GlweCiphertextOwned<u64>]| {
-            let tables = self.upload_luts(tables);
-            let round = Round {
-                luts: &tables,
-                lut_indexes: &channel,
-                which: Bootstrap::Precise,
-            };
-            self.bootstrap(inputs, &round, &indexes, progress)
-        };
-        let Some(split) = &luts.split else {
-            let out = by_channel(&acc, &luts.tables);
-            return LweCiphertextList::from_container(out, LweSize(size), native());
-        };
-        let mut out = by_channel(&acc, &split.low);
-        acc.par_chunks(size)
-            .zip(kept.par_chunks(size))
-            .zip(inputs.par_chunks_mut(size))
-            .for_each(|((ct, kept), input)| split.signed_input(ct, kept, input));
-        let signed = by_channel(&inputs, &split.signed);
-        out.par_iter_mut()
-            .zip(&signed)
-            .for_each(|(o, s)| *o = o.wrapping_add(*s));
-        LweCiphertextList::from_container(out, LweSize(size), native())
+        requant_rounds(layer, &luts, &mut acc, 0, residual, &mut |inputs, l, which| {
+            self.bootstrap(inputs, l, which, progress)
+        });
+        LweCiphertextList::from_container(acc, LweSize(size), native())
     }
 }
