@@ -23,10 +23,17 @@ use crate::params::{Bootstrap, FheParams};
 
 pub type Ciphertexts = LweCiphertextListOwned<u64>;
 
-/// Activations one CPU thread takes through a requant layer together: each round of their
+/// Most activations one CPU thread takes through a requant layer together: each round of their
 /// bootstraps reads every block of the keyswitch key and every GGSW of the bootstrap key once for
 /// all of them (docs/benchmarks.md: 1.3 to 1.5 times the throughput of one at a time).
-pub const BATCH: usize = 16;
+pub const BATCH: usize = 32;
+
+/// The batch size for a layer of `count` activations on `threads` threads: at most [`BATCH`], and
+/// as even as can be, so that every thread gets the same number of equal batches.
+pub fn batch_size(count: usize, threads: usize) -> usize {
+    let per_thread = count.div_ceil(threads.max(1) * BATCH);
+    count.div_ceil(threads.max(1) * per_thread).max(1)
+}
 
 /// Per-thread buffers for a batch of up to [`BATCH`] keyswitches and bootstraps.
 pub struct Scratch {
@@ -638,10 +645,11 @@ impl Bootstrapper for Engine<'_> {
         let luts = LayerLuts::new(&self.key.params, layer);
         // Each table output replaces its accumulator: the layer holds one tensor, not two.
         let mut acc = input.into_container();
-        acc.par_chunks_mut(size * BATCH).enumerate().for_each_init(
+        let batch = batch_size(acc.len() / size, rayon::current_num_threads());
+        acc.par_chunks_mut(size * batch).enumerate().for_each_init(
             || self.scratch(),
-            |scratch, (k, batch)| {
-                requant_rounds(layer, &luts, batch, k * BATCH, residual, &mut |inputs, l, which| {
+            |scratch, (k, chunk)| {
+                requant_rounds(layer, &luts, chunk, k * batch, residual, &mut |inputs, l, which| {
                     let out = self.bootstrap_batch(scratch, inputs, l, which);
                     if let Some(bar) = progress {
                         bar.inc((inputs.len() / size) as u64);
@@ -815,6 +823,20 @@ mod tests {
     use tfhe::core_crypto::commons::math::random::Seed;
 
     use super::*;
+
+    #[test]
+    fn batches_are_even_and_at_most_the_largest() {
+        // 392 activations on 2 threads: 14 batches of 28, not 12 of 32 and one of 8.
+        assert_eq!(batch_size(392, 2), 28);
+        assert_eq!(batch_size(9216, 2), 32);
+        assert_eq!(batch_size(10, 2), 5);
+        assert_eq!(batch_size(1, 16), 1);
+        for count in 1..500 {
+            let b = batch_size(count, 3);
+            assert!((1..=BATCH).contains(&b), "{count}: {b}");
+            assert_eq!(count.div_ceil(b).div_ceil(3), count.div_ceil(3 * BATCH), "{count}: {b}");
+        }
+    }
 
     #[test]
     fn batched_keyswitch_equals_tfhe_keyswitch_word_for_word() {
