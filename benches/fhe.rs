@@ -1,4 +1,5 @@
-//! Criterion benchmarks: one keyswitch + bootstrap per key, one requant layer, and the whole
+//! Criterion benchmarks: one keyswitch + bootstrap per key, a batch of them as the engine runs
+//! them, one requant layer, and the whole
 //! tiny-pkn encrypted inference. `make bench` runs them (the whole inference takes minutes per
 //! sample; set PKN_BENCH_QUICK=1 to skip it).
 
@@ -9,6 +10,7 @@ use pkn::compile::CompileOptions;
 use pkn::eval::{clear, fhe};
 use pkn::io::{image::load_gray_png, resolve::resolve_model};
 use pkn::keys::ClientKey;
+use pkn::params::Bootstrap;
 use tfhe::core_crypto::prelude::ContiguousEntityContainer;
 
 fn benches(c: &mut Criterion) {
@@ -36,6 +38,17 @@ fn benches(c: &mut Criterion) {
                 engine.truncation_step(&mut scratch, &mut x, 10, step, &luts);
                 x
             })
+        });
+    }
+    // A batch of bootstraps as the engine runs them on one thread: each block of the keyswitch key
+    // and each GGSW of the bootstrap key read once for the whole batch.
+    let batch: Vec<u64> = (0..fhe::BATCH).flat_map(|_| ct.iter().copied()).collect();
+    let table: Vec<i64> = (0..16).collect();
+    let lut = engine.table_accumulator(&table, 10);
+    for which in [Bootstrap::Cheap, Bootstrap::Precise] {
+        let name = format!("batch of {} KS + PBS, {which:?} key (1 thread)", fhe::BATCH);
+        group.bench_function(name, |b| {
+            b.iter(|| engine.bootstrap_batch(&mut scratch, &batch, fhe::Luts::Same(&lut), which))
         });
     }
     // A 5-bit split table after its layer's truncation steps (the last one reads the table's lowest

@@ -1,13 +1,17 @@
-//! Throughput of tfhe's classic blind rotation against multi-bit blind rotation (grouping factors
-//! g), both batched over the machine's threads as pkn batches a layer's bootstraps: whether
-//! multi-bit keys would pay on CPU (docs/benchmarks.md). Multi-bit runs single-threaded per
-//! bootstrap here, from tfhe's own kernels (GGSW preparation, external product).
+//! Throughput of tfhe's classic blind rotation, one at a time and in batches of pkn's
+//! `fhe::BATCH` (tfhe's batched blind rotation: each GGSW applied to the whole batch in turn, as
+//! pkn's engine runs it), against multi-bit blind rotation (grouping factors g), all spread over the
+//! machine's threads as pkn spreads a layer's bootstraps; and the keyswitch, one at a time and
+//! batched (docs/benchmarks.md). Multi-bit runs single-threaded per bootstrap here, from tfhe's own
+//! kernels (GGSW preparation, external product).
 //!
 //! `cargo run --release --example multi_bit_throughput -- [n] [base_log] [levels] [count] [g...]`
 //! (defaults: 918 23 1 40, no multi-bit); n must be a multiple of every g.
+use pkn::eval::fhe::{keyswitch_batch, BATCH};
 use rayon::prelude::*;
 use std::time::Instant;
 use tfhe::core_crypto::algorithms::polynomial_algorithms::polynomial_wrapping_monic_monomial_div_assign;
+use tfhe::core_crypto::fft_impl::fft64::crypto::bootstrap::batch_blind_rotate_assign_scratch;
 use tfhe::core_crypto::fft_impl::fft64::crypto::ggsw::{
     add_external_product_assign, add_external_product_assign_scratch,
 };
@@ -89,6 +93,49 @@ fn main() {
         classic * 1e3,
         out[0] >> 60
     );
+    let t = Instant::now();
+    let out: Vec<u64> = cts
+        .par_chunks(BATCH)
+        .map_init(
+            || {
+                buffers(
+                    batch_blind_rotate_assign_scratch::<u64>(
+                        glwe_dim.to_glwe_size(),
+                        poly,
+                        CiphertextCount(BATCH),
+                        fft.as_view(),
+                    )
+                    .unaligned_bytes_required(),
+                )
+            },
+            |buffers, chunk| {
+                let switched: Vec<_> = chunk
+                    .iter()
+                    .map(|ct| lwe_ciphertext_centered_binary_modulus_switch::<u64, usize, _>(ct.as_view(), log_mod))
+                    .collect();
+                let mut accs = GlweCiphertextList::new(
+                    0u64,
+                    glwe_dim.to_glwe_size(),
+                    poly,
+                    GlweCiphertextCount(chunk.len()),
+                    modulus,
+                );
+                for mut acc in accs.iter_mut() {
+                    acc.as_mut().copy_from_slice(lut.as_ref());
+                }
+                fbsk.as_view()
+                    .batch_blind_rotate_assign(accs.as_mut_view(), &switched, fft.as_view(), buffers.stack());
+                accs.as_ref()[0]
+            },
+        )
+        .collect();
+    let batched = t.elapsed().as_secs_f64() / count as f64;
+    println!(
+        "classic n={n} 2^{base}x{level}, batches of {BATCH}: {:.2} ms per PBS (2 threads), {:.2}x one at a time [{}]",
+        batched * 1e3,
+        classic / batched,
+        out[0] >> 60
+    );
     drop(fbsk);
 
     // The keyswitch every bootstrap starts with (big key -> small key, 2^4 x 4), for scale.
@@ -120,6 +167,24 @@ fn main() {
         "keyswitch 2048 -> {n}, 2^4x4: {:.2} ms each (2 threads), {:.2} of the classic blind rotation [{}]",
         keyswitch * 1e3,
         keyswitch / classic,
+        bodies[0] >> 60
+    );
+    let inputs: Vec<u64> = (0..BATCH).flat_map(|_| big.as_ref().iter().copied()).collect();
+    let t = Instant::now();
+    let bodies: Vec<u64> = (0..count.div_ceil(BATCH))
+        .into_par_iter()
+        .map(|_| {
+            let mut out = vec![0u64; BATCH * (n + 1)];
+            keyswitch_batch(&ksk, &inputs, &mut out);
+            out[n]
+        })
+        .collect();
+    let batched_keyswitch = t.elapsed().as_secs_f64() / (count.div_ceil(BATCH) * BATCH) as f64;
+    println!(
+        "keyswitch in batches of {BATCH}: {:.2} ms each (2 threads), {:.2}x one at a time, {:.2} of the batched blind rotation [{}]",
+        batched_keyswitch * 1e3,
+        keyswitch / batched_keyswitch,
+        batched_keyswitch / batched,
         bodies[0] >> 60
     );
 

@@ -16,10 +16,10 @@ use tfhe::core_crypto::commons::noise_formulas::{
 };
 
 /// Milliseconds of one keyswitch + bootstrap with the stock 2^23 x 1 decomposition, amortised over
-/// 2 threads, linear layers included: the unit of the cost model's time estimates, fitted to idle
-/// whole runs of tiny-pkn and cnn-pkn (1,344 s measured for 1,702 s at the earlier 16.4 ms;
-/// docs/benchmarks.md).
-pub const MS_PER_STOCK_PBS_2_THREADS: f64 = 13.0;
+/// 2 threads in the engine's batches, linear layers included: the unit of the cost model's time
+/// estimates, fitted to whole runs of tiny-pkn and cnn-pkn with batched rounds (49.7 s and 346.9 s
+/// for 6,954 and 48,589 units; 13.0 ms before the batches; docs/benchmarks.md).
+pub const MS_PER_STOCK_PBS_2_THREADS: f64 = 7.15;
 
 /// The failure probability every bootstrap must stay under: 2^-64.
 pub const LOG2_PFAIL_LIMIT: f64 = -64.0;
@@ -146,7 +146,8 @@ impl FheParams {
 
     /// Cost of one keyswitch + bootstrap relative to the stock 2^23 x 1 decomposition, linear in
     /// the level count: fitted to 30.9 ms (1 level) and 60.1 ms (3 levels) single-threaded,
-    /// measured by `cargo bench --bench fhe -- bootstrap` (docs/benchmarks.md).
+    /// measured by `cargo bench --bench fhe -- bootstrap` (docs/benchmarks.md); in the engine's
+    /// batches of 32 the same bench gives 14.7 and 29.1 ms per bootstrap, 1.98 where this says 1.95.
     pub fn relative_pbs_cost(&self, which: Bootstrap) -> f64 {
         0.525 + 0.475 * self.decomposition(which).1 as f64
     }
