@@ -352,7 +352,7 @@ impl<F: FnMut(&[u64], Luts, Bootstrap) -> Vec<u64>> Round for F {}
 
 /// One truncation step of every accumulator in `acc` (big-key ciphertexts); `inputs`, as long as
 /// `acc`, is working space. Returns the sign outputs when the step keeps them for a split table.
-pub fn step_rounds(
+fn step_rounds(
     luts: &StepLuts,
     step: TruncStep,
     held: u32,
@@ -378,7 +378,7 @@ pub fn step_rounds(
 /// A split table (activations `first..` of a layer with `per_channel` per channel) of every
 /// accumulator in `acc`, written over it: the low half read from it, plus the signed half read
 /// with the last step's kept sign output `kept` at the top.
-pub fn split_table_rounds(
+fn split_table_rounds(
     split: &SplitLuts,
     acc: &mut [u64],
     inputs: &mut [u64],
