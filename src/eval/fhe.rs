@@ -137,8 +137,6 @@ pub fn keyswitch_batch(ksk: &LweKeyswitchKeyOwned<u64>, inputs: &[u64], outputs:
 /// work around its bootstraps; the CPU [`Engine`] and the GPU engine both run steps through these.
 pub struct StepLuts {
     kind: StepKind,
-    /// Words of a big-key ciphertext.
-    size: usize,
     sign: GlweCiphertextOwned<u64>,
     digit: Option<GlweCiphertextOwned<u64>>,
     /// The last step before a split table: its sign output is kept for the table.
@@ -148,8 +146,6 @@ pub struct StepLuts {
 /// A requant layer's accumulators, built once per layer: each truncation step's, with the bits
 /// held before it, and each output channel's table (direct), or its split table.
 pub struct LayerLuts {
-    /// Words of a big-key ciphertext.
-    size: usize,
     pub steps: Vec<(TruncStep, u32, StepLuts)>,
     pub tables: Vec<GlweCiphertextOwned<u64>>,
     pub split: Option<SplitLuts>,
@@ -163,8 +159,6 @@ pub struct LayerLuts {
 /// of W - 1 bits, so the table outputs (-1)^p T[t mod 2^W], as a direct table does.
 pub struct SplitLuts {
     lut_bits: u32,
-    /// Words of a big-key ciphertext.
-    size: usize,
     /// Half the weight of c in the accumulator before the last step.
     half: u64,
     /// 2D per channel (one more output bit), read with c at the top.
@@ -190,7 +184,6 @@ impl SplitLuts {
         };
         SplitLuts {
             lut_bits: layer.lut_bits,
-            size: params.big_lwe_dimension() + 1,
             half: half_weight(held, step.bits - 1),
             signed: halves(|a, b| a - b),
             low: halves(|a, b| a + b),
@@ -206,6 +199,11 @@ impl SplitLuts {
         let body = input.len() - 1;
         input[body] = input[body].wrapping_add(self.half << self.lut_bits);
     }
+}
+
+/// Words of a big-key ciphertext: what the bootstrap of accumulator `lut` extracts into.
+fn big_lwe_size(lut: &GlweCiphertextOwned<u64>) -> usize {
+    lut.glwe_size().to_glwe_dimension().0 * lut.polynomial_size().0 + 1
 }
 
 /// `input = ct * 2^shift`, coefficient-wise.
@@ -360,7 +358,7 @@ fn step_rounds(
     inputs: &mut [u64],
     round: &mut impl Round,
 ) -> Option<Vec<u64>> {
-    let size = luts.size;
+    let size = big_lwe_size(&luts.sign);
     for (ct, input) in acc.chunks(size).zip(inputs.chunks_mut(size)) {
         luts.first_input(ct, input, held);
     }
@@ -393,7 +391,7 @@ fn split_table_rounds(
         per_channel,
     };
     let mut out = round(acc, by_channel(&split.low), Bootstrap::Precise);
-    let size = split.size;
+    let size = big_lwe_size(&split.low[0]);
     for ((ct, k), input) in acc.chunks(size).zip(kept.chunks(size)).zip(inputs.chunks_mut(size)) {
         split.signed_input(ct, k, input);
     }
@@ -479,14 +477,12 @@ impl StepLuts {
         match kind {
             StepKind::Digit(bits) => StepLuts {
                 kind,
-                size: params.big_lwe_dimension() + 1,
                 sign: quarter_sign(params),
                 digit: Some(digit_accumulator(params, held, bits)),
                 keeps_bit,
             },
             StepKind::Extended(bits) => StepLuts {
                 kind,
-                size: params.big_lwe_dimension() + 1,
                 sign: sign_accumulator(params, half_weight(held, bits)),
                 digit: (bits > 0).then(|| digit_accumulator(params, held, bits)),
                 keeps_bit,
@@ -553,6 +549,15 @@ impl StepLuts {
 }
 
 impl LayerLuts {
+    /// Words of a big-key ciphertext, from the layer's tables (every layer has one per channel).
+    fn big_lwe_size(&self) -> usize {
+        let lut = self
+            .tables
+            .first()
+            .or_else(|| self.split.as_ref().and_then(|s| s.low.first()));
+        big_lwe_size(lut.expect("a requant layer has tables"))
+    }
+
     pub fn new(params: &FheParams, layer: &Requant) -> LayerLuts {
         let mut held = layer.acc_bits;
         let count = layer.steps.len();
@@ -570,7 +575,6 @@ impl LayerLuts {
         if layer.split_table() {
             let &(step, before, _) = steps.last().expect("a split table's layer has a truncation step");
             return LayerLuts {
-                size: params.big_lwe_dimension() + 1,
                 split: Some(SplitLuts::new(params, layer, step, before)),
                 steps,
                 tables: Vec::new(),
@@ -582,7 +586,6 @@ impl LayerLuts {
             .map(|t| table_accumulator(params, t, layer.output_encoding_bits))
             .collect();
         LayerLuts {
-            size: params.big_lwe_dimension() + 1,
             steps,
             tables,
             split: None,
@@ -674,7 +677,7 @@ pub fn requant_rounds(
     round: &mut impl Round,
 ) {
     let mut inputs = vec![0u64; acc.len()];
-    let size = luts.size;
+    let size = luts.big_lwe_size();
     let add_residual = |acc: &mut [u64], stage: usize| {
         if let Some(r) = residual {
             for (j, ct) in acc.chunks_mut(size).enumerate() {
