@@ -29,6 +29,7 @@ lint:
 	cargo fmt --all -- --check
 	cargo clippy --all-targets -- -D warnings
 	DOCS_RS=1 cargo clippy --all-targets --features gpu --target-dir target/gpu-check -- -D warnings
+	bash scripts/check-history.sh
 
 # The cnn-pkn whole run takes about half an hour on 2 cores.
 bench:
