@@ -1,7 +1,9 @@
 """Check that the PyTorch emulation (pknq.py) computes the same integers as pkn's clear evaluator.
 
-    python train/check_circuit.py weights/tiny-pkn.safetensors --images 20
-    python train/check_circuit.py --random-residual /tmp/tiny-res.safetensors
+    python -m train.check_circuit weights/tiny-pkn.safetensors --images 20
+    python -m train.check_circuit --random-residual /tmp/tiny-res.safetensors
+
+(`python train/check_circuit.py ...` is the same; `make check-emulation` runs the shipped checks.)
 
 Loads a pkn model (or first writes a small residual PKN with random weights and batch-norm
 statistics), calibrates the emulation on pkn's calibration images, and compares its integer output
@@ -21,9 +23,12 @@ import zlib
 import numpy as np
 import torch
 
-from architectures import conv, fashion_mnist_model, pkn_bn, quantization
-from pknq import QNet
-from train import DATA, HERE, load_model, read_idx, save_safetensors
+if __package__ in (None, ""):  # run as a file, not with -m: import the package from the repo root
+    sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+from train.architectures import conv, fashion_mnist_model, pkn_bn, quantization
+from train.pknq import QNet
+from train.train import DATA, HERE, find_idx, load_model, read_idx, save_safetensors
 
 
 def write_png(path, pixels):
@@ -98,7 +103,7 @@ def main():
     net = load_model(model).double()
     calib = torch.tensor(read_idx(os.path.join(HERE, "..", "weights", "calibration-images.idx")).copy())
     net.calibrate(calib)
-    test = read_idx(os.path.join(a.data, "t10k-images-idx3-ubyte.gz"))[:a.images]
+    test = read_idx(find_idx(a.data, "t10k-images-idx3-ubyte"))[:a.images]
     out_layer = [q for q in net.qlinears if q.output][0]
     with torch.no_grad():
         net(torch.tensor(test.copy()))

@@ -1,6 +1,6 @@
 """Convert a PKR-18 checkpoint (tolusophy/PolyKervNets, Models/PKR18.py) to a pkn model.
 
-    python train/import_pkr18.py pkr18.pt pkr18.safetensors [--input 3,32,32]
+    python -m train.import_pkr18 pkr18.pt pkr18.safetensors [--input 3,32,32]
 
 The checkpoint is a state_dict (or a dict holding one under "state_dict", "model" or "net"; a
 DataParallel "module." prefix is dropped). PKR-18's forward skips stage 4 and pools stage 3's output
@@ -9,11 +9,16 @@ weights are left out. Tensor names stay PKR-18's (docs/model-format.md allows an
 """
 import argparse
 import json
+import os
+import sys
 
 import torch
 
-from architectures import CLASSES, pkr_stages, pkr_stem, quantization
-from train import save_safetensors
+if __package__ in (None, ""):  # run as a file, not with -m: import the package from the repo root
+    sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+from train.architectures import CLASSES, pkr_stages, pkr_stem, quantization
+from train.train import save_safetensors
 
 
 def unwrap(checkpoint):

@@ -2,15 +2,21 @@
 a direct interpreter of pkn's layer list (docs/model-format.md), gives the same logits as PKR-18's
 own forward, and it passes the integer-circuit emulation's loader.
 
-    cd train && python test_import_pkr18.py
+    python -m train.test_import_pkr18      (or python train/test_import_pkr18.py, or pytest)
 """
+import os
+import sys
+
 import torch
 import torch.nn.functional as F
 
-from architectures import quantization
-from import_pkr18 import convert
-from pknq import QNet
-from pkr18 import PKR18
+if __package__ in (None, ""):  # run as a file, not with -m: import the package from the repo root
+    sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+from train.architectures import quantization
+from train.import_pkr18 import convert
+from train.pknq import QNet
+from train.pkr18 import PKR18
 
 
 def run_layers(layers, x, t, saved):

@@ -1,6 +1,10 @@
 """Train a zoo model on Fashion-MNIST with pkn's integer circuit in the loop, and export it.
 
-    python train/train.py tiny-pkn                  # writes weights/tiny-pkn.safetensors
+    python -m train.train tiny-pkn --epochs 15 --finetune 5 --margin 0.1   # train/out/tiny-pkn.safetensors
+
+(`python train/train.py ...` is the same.) The recipes of the shipped models are the Makefile's
+train-* targets (docs/training.md); the output goes to train/out/ unless --out says otherwise, so
+the shipped weights/ are only replaced by copying a file there.
 
 Phase 1 trains with moving-average windows; phase 2 calibrates on pkn's calibration images
 (weights/calibration-images.idx), freezes windows and batch norm, and fine-tunes under exactly the
@@ -11,6 +15,7 @@ import argparse
 import gzip
 import json
 import os
+import sys
 import time
 
 import numpy as np
@@ -18,8 +23,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from architectures import ZOO, quantization
-from pknq import QNet
+if __package__ in (None, ""):  # run as a file, not with -m: import the package from the repo root
+    sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+from train.architectures import ZOO, quantization
+from train.pknq import QNet
 
 DATA = "/usr/share/datasets/fashion-mnist"
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -35,6 +43,7 @@ def save_safetensors(tensors, path, metadata):
         offset += len(data)
     head = json.dumps(header).encode()
     head += b" " * (-len(head) % 8)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path + ".tmp", "wb") as f:
         f.write(len(head).to_bytes(8, "little") + head + b"".join(blobs))
     os.replace(path + ".tmp", path)
@@ -71,6 +80,15 @@ def load_model(path):
     net = QNet(arch, margin=q.get("window_margin", 0.25), act_clip=q.get("activation_clip", 0.001))
     net.load_pkn_tensors(tensors)
     return net
+
+
+def find_idx(data, stem):
+    """The IDX file `stem` in the directory `data`, gzipped or not."""
+    for path in (os.path.join(data, stem + ".gz"), os.path.join(data, stem)):
+        if os.path.exists(path):
+            return path
+    raise SystemExit(f"no {stem}(.gz) in {data}: Fashion-MNIST is the Debian package dataset-fashion-mnist, "
+                     "or give its directory with --data")
 
 
 def read_idx(path):
@@ -234,18 +252,17 @@ def main():
     p.add_argument("--test-images", type=int, help="measure on the first N test images only (smoke tests)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data", default=DATA)
-    p.add_argument("--out", default=None)
+    p.add_argument("--out", default=None, help="where the model is written (default train/out/MODEL.safetensors)")
     a = p.parse_args()
     if a.teacher and a.augment:
         p.error("--teacher labels the training images as they are: it cannot be combined with --augment")
     torch.manual_seed(a.seed)
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", os.cpu_count() or 1)))
     arch = ZOO[a.model](quantization(a.input_bits, a.weight_bits, a.act_bits, a.margin, a.act_clip, a.lut_bits))
-    find = lambda stem: next(f for f in (f"{a.data}/{stem}.gz", f"{a.data}/{stem}") if os.path.exists(f))
-    xtr = torch.from_numpy(read_idx(find("train-images-idx3-ubyte")).copy())
-    ytr = torch.from_numpy(read_idx(find("train-labels-idx1-ubyte")).astype(np.int64))
-    xte = torch.from_numpy(read_idx(find("t10k-images-idx3-ubyte")).copy())
-    yte = torch.from_numpy(read_idx(find("t10k-labels-idx1-ubyte")).astype(np.int64))
+    xtr = torch.from_numpy(read_idx(find_idx(a.data, "train-images-idx3-ubyte")).copy())
+    ytr = torch.from_numpy(read_idx(find_idx(a.data, "train-labels-idx1-ubyte")).astype(np.int64))
+    xte = torch.from_numpy(read_idx(find_idx(a.data, "t10k-images-idx3-ubyte")).copy())
+    yte = torch.from_numpy(read_idx(find_idx(a.data, "t10k-labels-idx1-ubyte")).astype(np.int64))
     calib = torch.from_numpy(read_idx(os.path.join(HERE, "..", "weights", "calibration-images.idx")).copy())
     xtr, ytr, xte, yte = xtr[:a.train_images], ytr[:a.train_images], xte[:a.test_images], yte[:a.test_images]
     xtr, ytr, xte, yte, calib = (t.to(a.device) for t in (xtr, ytr, xte, yte, calib))
@@ -287,7 +304,7 @@ def main():
     acc = integer_accuracy(model, calib, xte, yte)
     print(f"integer-circuit test accuracy (emulated, what pkn eval reports): {acc:.4f}", flush=True)
 
-    out = a.out or os.path.join(HERE, "..", "weights", f"{a.model}.safetensors")
+    out = a.out or os.path.join(HERE, "out", f"{a.model}.safetensors")
     save_safetensors(model.state_dict_for_pkn(), out, meta)
     print(f"wrote {out}")
 
