@@ -39,3 +39,47 @@ bench:
 
 clean:
 	rm -rf demo target
+
+# Training (docs/training.md): PyTorch in train/.venv (pip install -e train/) or TRAIN_PYTHON,
+# Fashion-MNIST from the Debian package dataset-fashion-mnist; not part of `make test` or CI.
+# Each train-* target runs the recipe of the shipped weights/MODEL.safetensors and writes
+# $(TRAIN_OUT)/MODEL.safetensors instead (copy it to weights/ to ship it). TRAIN_FLAGS is appended
+# to every training command (a smoke run: TRAIN_FLAGS='--train-images 512 --test-images 256').
+.PHONY: train-tiny-pkn train-cnn-pkn train-resnet18-pkn check-emulation
+TRAIN_PYTHON ?= $(if $(wildcard train/.venv/bin/python),train/.venv/bin/python,python3)
+TRAIN_OUT ?= train/out
+TRAIN_FLAGS ?=
+FASHION_MNIST ?= /usr/share/datasets/fashion-mnist
+TRAIN := $(TRAIN_PYTHON) -m train.train --data $(FASHION_MNIST)
+
+# 15 epochs with moving windows, 5 fine-tuning under the calibrated circuit; 4-bit everything.
+train-tiny-pkn:
+	$(TRAIN) tiny-pkn --epochs 15 --finetune 5 --margin 0.1 --act-clip 0.001 \
+	    --out $(TRAIN_OUT)/tiny-pkn.safetensors $(TRAIN_FLAGS)
+
+# 12 float epochs; 6 fine-tuning epochs under the circuit with a 5-bit conv1 table; 4 more under
+# 4-bit tables on both layers (the shipped circuit). Intermediate models stay in $(TRAIN_OUT).
+train-cnn-pkn:
+	$(TRAIN) cnn-pkn --float-epochs 12 --float-lr 2e-3 --save-float $(TRAIN_OUT)/cnn-pkn-float.safetensors \
+	    --epochs 0 --finetune 0 --out $(TRAIN_OUT)/cnn-pkn-float-quantized.safetensors $(TRAIN_FLAGS)
+	$(TRAIN) cnn-pkn --init $(TRAIN_OUT)/cnn-pkn-float.safetensors --epochs 0 --finetune 6 --margin 0.1 \
+	    --lr 2e-3 --input-bits 3 --weight-bits 4 --act-bits 4 --lut-bits conv1=5 --export-margin 0.0 \
+	    --out $(TRAIN_OUT)/cnn-pkn-5bit-conv1.safetensors $(TRAIN_FLAGS)
+	$(TRAIN) cnn-pkn --init $(TRAIN_OUT)/cnn-pkn-5bit-conv1.safetensors --epochs 0 --finetune 4 --margin 0.0 \
+	    --lr 5e-4 --seed 1 --input-bits 3 --weight-bits 4 --act-bits 4 --lut-bits 4 --export-margin 0.0 \
+	    --out $(TRAIN_OUT)/cnn-pkn.safetensors $(TRAIN_FLAGS)
+
+# 7 float epochs with augmentation, quantized by the compiler (no fine-tuning); on a GPU if PyTorch
+# sees one (about 100 s on an NVIDIA H200), hours on 2 cores.
+train-resnet18-pkn:
+	$(TRAIN) resnet18-pkn --augment --keep-optimizer --float-epochs 7 --float-lr 1e-3 --epochs 0 --finetune 0 \
+	    --input-bits 4 --margin 0.1 --weight-bits layer4.1.conv2=3 \
+	    --out $(TRAIN_OUT)/resnet18-pkn.safetensors $(TRAIN_FLAGS)
+
+# The PyTorch emulation against `pkn infer --clear`, score for score on 20 test images each: the two
+# small shipped models and a random residual network. Exits non-zero on any difference.
+check-emulation: build
+	$(TRAIN_PYTHON) -m train.check_circuit weights/tiny-pkn.safetensors --images 20 --pkn $(BIN) --data $(FASHION_MNIST)
+	$(TRAIN_PYTHON) -m train.check_circuit weights/cnn-pkn.safetensors --images 20 --pkn $(BIN) --data $(FASHION_MNIST)
+	$(TRAIN_PYTHON) -m train.check_circuit --random-residual $(TRAIN_OUT)/random-residual.safetensors --images 20 \
+	    --pkn $(BIN) --data $(FASHION_MNIST)
