@@ -5,12 +5,12 @@
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use pkn::circuit::{Layer, TruncStep};
-use pkn::cli::compile_model;
 use pkn::compile::CompileOptions;
 use pkn::eval::{clear, fhe};
 use pkn::io::{image::load_gray_png, resolve::resolve_model};
 use pkn::keys::ClientKey;
 use pkn::params::Bootstrap;
+use pkn::zoo::compile_model;
 use tfhe::core_crypto::prelude::ContiguousEntityContainer;
 
 fn benches(c: &mut Criterion) {

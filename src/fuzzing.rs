@@ -15,6 +15,7 @@ use crate::io::payload::{EncryptedInput, EncryptedOutput};
 use crate::io::{idx, image};
 use crate::keys::{ClientKey, ServerKey};
 use crate::params::FheParams;
+use crate::zoo::{Shipped, DEFAULT_MODEL};
 
 /// The name fuzz inputs carry in error messages.
 const INPUT: &str = "(fuzz input)";
@@ -35,16 +36,13 @@ const IDS: Ids = Ids {
     model: [0; 16],
 };
 
-fn shipped(file: &str) -> std::path::PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("weights").join(file)
-}
-
-fn calibration() -> &'static [Vec<u8>] {
-    static IMAGES: OnceLock<Vec<Vec<u8>>> = OnceLock::new();
-    IMAGES.get_or_init(|| {
-        let mut images = idx::read_images(&shipped("calibration-images.idx")).expect("shipped calibration images");
-        images.truncate(CALIBRATION_IMAGES);
-        images
+/// The default shipped model with its first [`CALIBRATION_IMAGES`] calibration images.
+fn shipped() -> &'static Shipped {
+    static SHIPPED: OnceLock<Shipped> = OnceLock::new();
+    SHIPPED.get_or_init(|| {
+        let mut shipped = Shipped::find(DEFAULT_MODEL).expect("shipped model and calibration images");
+        shipped.calibration.truncate(CALIBRATION_IMAGES);
+        shipped
     })
 }
 
@@ -52,15 +50,16 @@ fn calibration() -> &'static [Vec<u8>] {
 fn shipped_circuit() -> &'static Circuit {
     static CIRCUIT: OnceLock<Circuit> = OnceLock::new();
     CIRCUIT.get_or_init(|| {
-        let model = crate::model::load_model(&shipped("tiny-pkn.safetensors")).expect("shipped model");
-        compile(&model, calibration(), &CompileOptions::default()).expect("shipped model compiles")
+        shipped()
+            .compile(&CompileOptions::default())
+            .expect("shipped model compiles")
     })
 }
 
 /// Model loader (safetensors, metadata, architecture), then the compiler on what loads.
 pub fn model(data: &[u8]) {
     if let Ok(model) = crate::model::parse_model(data) {
-        let _ = compile(&model, calibration(), &CompileOptions::default());
+        let _ = compile(&model, &shipped().calibration, &CompileOptions::default());
     }
 }
 

@@ -14,5 +14,7 @@ pub mod io;
 pub mod keys;
 pub mod model;
 pub mod params;
+pub mod verify;
+pub mod zoo;
 
 pub use error::{Error, Result};
