@@ -4,7 +4,6 @@
 
 mod common;
 
-use pkn::eval::fhe;
 use pkn::eval::gpu::GpuEngine;
 
 #[test]
@@ -13,7 +12,5 @@ fn gpu_output_equals_clear_output_on_two_test_images() {
     let (circuit, client, server) = common::tiny_pkn_with_keys();
     let engine = GpuEngine::new(&server.decompress()).unwrap();
     let samples = ["test-0-ankle-boot.png", "test-1-pullover.png"];
-    common::assert_fhe_equals_clear(&circuit, &client, &samples, |cts| {
-        fhe::run_on(&circuit, &engine, cts, None)
-    });
+    common::assert_fhe_equals_clear(&circuit, &client, &engine, &common::samples(&circuit, &samples));
 }

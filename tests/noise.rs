@@ -5,9 +5,10 @@
 mod common;
 
 use pkn::circuit::{Circuit, Layer, TruncStep};
+use pkn::encoding::encode;
 use pkn::eval::clear;
-use pkn::eval::fhe::{self, Ciphertexts, Engine, State};
-use pkn::keys::{encode, ClientKey};
+use pkn::eval::fhe::{self, Ciphertexts, EncryptedState, Engine};
+use pkn::keys::ClientKey;
 use pkn::params::{Bootstrap, FheParams};
 use rayon::prelude::*;
 use tfhe::core_crypto::prelude::ContiguousEntityContainer;
@@ -63,7 +64,7 @@ fn check_bootstrap_output_variance(params: FheParams) {
             || engine.scratch(),
             |scratch, i| {
                 let mut ct = wide.get(i).as_ref().to_vec();
-                engine.truncation_step(scratch, &mut ct, held, step, &luts);
+                engine.truncation_step(scratch, &mut ct, held, &luts);
                 client.phase(&ct).wrapping_sub(encode(values[i] >> 1, held - 1))
             },
         )
@@ -139,8 +140,10 @@ fn table_layer_inputs_of_tiny_pkn_carry_the_predicted_noise() {
         .par_decompress_into_lwe_ciphertext_list();
     let conv1 = linear_noise_ratio(&client, &circuit, 0, &cts, &input, params.fresh_variance());
     // Stop after the first table layer and take its encrypted output.
-    let stopped: Result<_, State> =
-        fhe::resume(&circuit, &engine, State::start(&circuit, cts), None, |s| Err(s.clone()));
+    let stopped: Result<_, EncryptedState> =
+        fhe::resume(&circuit, &engine, EncryptedState::start(&circuit, cts), None, |s| {
+            Err(s.clone())
+        });
     let after_first = stopped.expect_err("tiny-pkn has a table layer");
     let clear_acc = clear::linear(layer_linear(&circuit, 0), &input, None);
     let Layer::Requant(r) = &circuit.layers[1] else {

@@ -2,12 +2,12 @@
 //! strided 1x1 kervolution shortcut, with deterministic pseudo-random weights, compiles, and its
 //! encrypted output equals the clear integer circuit bit for bit.
 
+mod common;
+
 use std::collections::HashMap;
-use std::path::Path;
 
 use pkn::compile::{compile, CompileOptions};
-use pkn::eval::{clear, fhe};
-use pkn::io::idx::read_images;
+use pkn::eval::fhe;
 use pkn::keys::ClientKey;
 use pkn::model::parse_model;
 use safetensors::tensor::{Dtype, TensorView};
@@ -122,14 +122,10 @@ fn residual_model() -> Vec<u8> {
     safetensors::tensor::serialize(views, &Some(metadata)).unwrap()
 }
 
-fn calibration() -> Vec<Vec<u8>> {
-    read_images(&Path::new(env!("CARGO_MANIFEST_DIR")).join("weights/calibration-images.idx")).unwrap()
-}
-
 #[test]
 fn residual_blocks_run_encrypted_exactly() {
     let model = parse_model(&residual_model()).unwrap();
-    let images = calibration();
+    let images = common::calibration();
     let circuit = compile(&model, &images[..200], &CompileOptions::default()).unwrap();
     let residuals = circuit
         .layers
@@ -140,18 +136,13 @@ fn residual_blocks_run_encrypted_exactly() {
     let params = circuit.fhe_params().unwrap();
     let (client, server) = ClientKey::generate(params);
     let key = server.expand();
-    let mut distinct = std::collections::HashSet::new();
-    for image in &images[200..202] {
-        let input = clear::quantize_pixels(image, circuit.input.bits);
-        let want = clear::run(&circuit, &input);
-        let cts = client
-            .encrypt(&input, circuit.input.encoding_bits)
-            .par_decompress_into_lwe_ciphertext_list();
-        let got = client.decrypt(&fhe::run(&circuit, &key, cts, None), circuit.output.bits);
-        assert_eq!(got, want, "FHE differs from clear");
-        distinct.insert(want);
-    }
-    assert_eq!(distinct.len(), 2, "two images should give different scores");
+    let inputs: Vec<(String, Vec<i64>)> = (200..202)
+        .map(|i| {
+            let input = pkn::encoding::quantize_pixels(&images[i], circuit.input.bits);
+            (format!("calibration image {i}"), input)
+        })
+        .collect();
+    common::assert_fhe_equals_clear(&circuit, &client, &fhe::Engine::new(&key), &inputs);
 }
 
 #[test]
@@ -164,7 +155,7 @@ fn a_residual_add_reading_an_unknown_layer_is_refused() {
             *from = "b1c2".into();
         }
     }
-    let err = compile(&broken, &calibration()[..10], &CompileOptions::default())
+    let err = compile(&broken, &common::calibration()[..10], &CompileOptions::default())
         .unwrap_err()
         .to_string();
     assert!(err.contains("residual add b1 reads b1c2"), "{err}");
