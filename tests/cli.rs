@@ -1,7 +1,11 @@
 //! The four user commands end to end, and every kind of bad input the CLI must refuse cleanly.
 
+mod common;
+
 use std::path::Path;
 use std::process::{Command, Output};
+
+use serde_json::Value;
 
 fn pkn(dir: &Path, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_pkn"))
@@ -13,13 +17,21 @@ fn pkn(dir: &Path, args: &[&str]) -> Output {
 }
 
 fn ok(dir: &Path, args: &[&str]) -> String {
+    ok_with_notes(dir, args).0
+}
+
+/// Stdout and stderr of a command that succeeds.
+fn ok_with_notes(dir: &Path, args: &[&str]) -> (String, String) {
     let out = pkn(dir, args);
-    assert!(
-        out.status.success(),
-        "pkn {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(out.status.success(), "pkn {args:?} failed: {err}");
+    (String::from_utf8(out.stdout).unwrap(), err)
+}
+
+/// Stdout of a `--json` command: one JSON document and nothing else.
+fn json(dir: &Path, args: &[&str]) -> Value {
+    let out = ok(dir, args);
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("pkn {args:?}: not one JSON document ({e}): {out}"))
 }
 
 /// The command fails with one clear error line containing `needle`, and does not panic.
@@ -37,11 +49,7 @@ fn fails(dir: &Path, args: &[&str], needle: &str) {
 }
 
 fn sample(name: &str) -> String {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("samples")
-        .join(name)
-        .display()
-        .to_string()
+    common::sample_path(name).display().to_string()
 }
 
 /// Score lines of a printed prediction (everything after the "prediction:" line).
@@ -51,6 +59,39 @@ fn prediction(stdout: &str) -> Vec<String> {
         .skip_while(|l| !l.starts_with("prediction:"))
         .map(String::from)
         .collect()
+}
+
+/// `pkn decrypt --json` (or `infer --clear --json`) against the text of the same prediction: the
+/// class is the highest score's, and the scores and logits are the printed ones.
+fn check_prediction_json(report: &Value, text: &[String]) {
+    let scores: Vec<i64> = report["scores"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_i64().unwrap())
+        .collect();
+    let class = report["class"].as_u64().unwrap() as usize;
+    let best = *scores.iter().max().unwrap();
+    assert_eq!(scores.iter().position(|&s| s == best), Some(class), "{report}");
+    let name = report["class_name"].as_str().unwrap();
+    assert_eq!(report["classes"][class], name);
+    assert_eq!(text[0], format!("prediction: {name} (class {class})"));
+    let scale = report["scale"].as_f64().unwrap();
+    for (i, line) in text[2..].iter().enumerate() {
+        // "  <class name> <score> <logit>", and " <" after the predicted class.
+        let fields: Vec<&str> = line.trim_end_matches(" <").split_whitespace().rev().take(2).collect();
+        let logit = report["logits"][i].as_f64().unwrap();
+        // serde_json's float parsing may be off by an ulp.
+        assert!(
+            (logit - scores[i] as f64 * scale).abs() <= 1e-12 * logit.abs(),
+            "{report}"
+        );
+        assert_eq!(fields, [format!("{logit:.3}"), scores[i].to_string()], "{line}");
+        assert!(
+            line.trim_start().starts_with(report["classes"][i].as_str().unwrap()),
+            "{line}"
+        );
+    }
 }
 
 #[test]
@@ -66,6 +107,13 @@ fn encrypted_inference_through_the_cli_equals_the_clear_reference() {
         let clear = prediction(&ok(d, &["infer", "--clear", &img]));
         assert!(fhe.len() == 12, "unexpected output {fhe:?}");
         assert_eq!(fhe, clear, "FHE and clear differ on {name}");
+        let fhe_json = json(d, &["decrypt", "--json"]);
+        assert_eq!(
+            fhe_json,
+            json(d, &["infer", "--clear", &img, "--json"]),
+            "FHE and clear differ on {name}"
+        );
+        check_prediction_json(&fhe_json, &fhe);
     }
     // The result can only be decrypted with its own key.
     ok(
@@ -218,7 +266,7 @@ fn write_png(path: &Path, w: usize, h: usize) {
 
 /// Writes tiny-pkn to `path` with `setting` set to `bits` in its quantization.
 fn tiny_with_widths(path: &Path, setting: &str, bits: serde_json::Value) {
-    let bytes = std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("weights/tiny-pkn.safetensors")).unwrap();
+    let bytes = std::fs::read(common::tiny_pkn_path()).unwrap();
     let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
     let mut header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
     let arch = &mut header["__metadata__"]["architecture"];
@@ -289,6 +337,53 @@ fn window_bits(inspect: &str) -> Vec<u32> {
         .collect()
 }
 
+/// The number after `label` in the line of `text` that starts with it.
+fn number_after(text: &str, label: &str) -> u64 {
+    let line = text
+        .lines()
+        .find(|l| l.starts_with(label))
+        .unwrap_or_else(|| panic!("no {label:?} in {text}"));
+    line[label.len()..]
+        .split(|c: char| !c.is_ascii_digit())
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn inspect_json_agrees_with_the_text() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let text = ok(d, &["inspect"]);
+    let report = json(d, &["inspect", "--json"]);
+    let layers = report["layers"].as_array().unwrap();
+    let per_layer: u64 = layers.iter().map(|l| l["bootstraps"].as_u64().unwrap()).sum();
+    let total = report["totals"]["bootstraps"].as_u64().unwrap();
+    assert_eq!(per_layer, total, "{report}");
+    assert_eq!(number_after(&text, "bootstraps: "), total, "{text}");
+    let truncation = report["totals"]["truncation_bootstraps"].as_u64().unwrap();
+    assert_eq!(
+        number_after(&text, &format!("bootstraps: {total} (")),
+        truncation,
+        "{text}"
+    );
+    let tables: Vec<&Value> = layers.iter().filter(|l| l["kind"] == "table").collect();
+    let acc_bits: Vec<u32> = tables.iter().map(|l| l["acc_bits"].as_u64().unwrap() as u32).collect();
+    assert_eq!(acc_bits, window_bits(&text), "{report}");
+    for (row, layer) in table_rows(&text).iter().zip(&tables) {
+        assert_eq!(row[0], layer["name"], "{text}");
+        assert_eq!(row[row.len() - 3], layer["bootstraps"].to_string(), "{text}");
+    }
+    let chosen = report["parameters"]["name"].as_str().unwrap();
+    assert!(text.contains(&format!("parameters: {chosen} (")), "{text}");
+    let candidates = report["candidates"].as_array().unwrap();
+    assert_eq!(candidates.len(), text.matches("  candidate ").count(), "{text}");
+    assert!(candidates
+        .iter()
+        .any(|c| c["name"] == chosen && c["meets_limit"] == true));
+}
+
 #[test]
 fn weight_and_activation_widths_per_layer_come_from_the_model() {
     let dir = tempfile::tempdir().unwrap();
@@ -342,10 +437,8 @@ fn weight_and_activation_widths_per_layer_come_from_the_model() {
 
 /// Three test images (the first calibration images) and labels as IDX files in `dir`.
 fn write_small_test_set(dir: &Path) {
-    let calibration =
-        std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("weights/calibration-images.idx")).unwrap();
     let mut images = vec![0, 0, 8, 3, 0, 0, 0, 3, 0, 0, 0, 28, 0, 0, 0, 28];
-    images.extend_from_slice(&calibration[16..16 + 3 * 784]);
+    images.extend(common::calibration()[..3].concat());
     std::fs::write(dir.join("t10k-images-idx3-ubyte"), images).unwrap();
     std::fs::write(dir.join("t10k-labels-idx1-ubyte"), [0, 0, 8, 1, 0, 0, 0, 3, 4, 7, 1]).unwrap();
 }
@@ -356,13 +449,48 @@ fn eval_runs_chosen_images_encrypted_and_checks_them_against_the_clear_circuit()
     let d = dir.path();
     write_small_test_set(d);
     let data = d.display().to_string();
-    let out = ok(d, &["eval", "--data", &data, "--fhe", "1", "--fhe-start", "2"]);
+    // With --json the lines go to stderr, and stdout carries the report.
+    let (report, out) = ok_with_notes(
+        d,
+        &["eval", "--data", &data, "--fhe", "1", "--fhe-start", "2", "--json"],
+    );
     assert!(out.contains("/3 test images)"), "unexpected output {out:?}");
     assert!(out.contains("test image 2: bit-exact"), "unexpected output {out:?}");
     assert!(out.contains("encrypted: 1/1 bit-exact"), "unexpected output {out:?}");
+    let report: Value = serde_json::from_str(&report).unwrap();
+    assert_eq!(report["images"], 3);
+    let fhe = &report["fhe"];
+    assert_eq!((&fhe["images"], &fhe["matches"]), (&1.into(), &1.into()), "{report}");
+    let verdict = &fhe["verdicts"][0];
+    assert_eq!(
+        (&verdict["image"], &verdict["bit_exact"], &verdict["label"]),
+        (&2.into(), &true.into(), &1.into())
+    );
+    let line = format!("test image 2: bit-exact, predicted {}, label 1", verdict["predicted"]);
+    assert!(out.contains(&line), "{line:?} not in {out:?}");
+    assert!(fhe["seconds_per_image"].as_f64().unwrap() > 0.0, "{report}");
     fails(
         d,
         &["eval", "--data", &data, "--fhe", "2", "--fhe-start", "2"],
         "--fhe-start 2 --fhe 2 needs 4 test images, only 3 are evaluated",
     );
+}
+
+#[test]
+fn eval_json_agrees_with_the_text() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    write_small_test_set(d);
+    let data = d.display().to_string();
+    let text = ok(d, &["eval", "--data", &data, "--limit", "2"]);
+    let report = json(d, &["eval", "--data", &data, "--limit", "2", "--json"]);
+    assert_eq!(
+        (&report["model"], &report["images"]),
+        (&"tiny-pkn".into(), &2.into()),
+        "{report}"
+    );
+    let correct = report["correct"].as_u64().unwrap();
+    assert!(text.contains(&format!("({correct}/2 test images)")), "{text}");
+    assert_eq!(report["accuracy"].as_f64().unwrap(), correct as f64 / 2.0);
+    assert!(report["fhe"].is_null(), "{report}");
 }

@@ -2,7 +2,9 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 
-use super::{print_prediction, DEFAULT_CLIENT_KEY, DEFAULT_OUTPUT};
+use super::output::Output;
+use super::prediction::Prediction;
+use super::{DEFAULT_CLIENT_KEY, DEFAULT_OUTPUT};
 use crate::io::container::{self, hex, Ids, Kind};
 use crate::io::payload::EncryptedOutput;
 use crate::keys::ClientKey;
@@ -15,6 +17,9 @@ pub struct Args {
     /// The encrypted result written by `pkn infer`.
     #[arg(short, long, default_value = DEFAULT_OUTPUT)]
     pub input: PathBuf,
+    /// Print the prediction as one JSON document (docs/json.md).
+    #[arg(long)]
+    pub json: bool,
 }
 
 pub fn run(a: Args) -> anyhow::Result<()> {
@@ -35,6 +40,5 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         .check(&key.params)
         .with_context(|| format!("{} is not a usable encrypted result", a.input.display()))?;
     let scores = key.decrypt(&result.ciphertexts, result.output.bits);
-    print_prediction(&result.output, &scores);
-    Ok(())
+    Output::new(a.json).report(&Prediction::new(&result.output, scores))
 }

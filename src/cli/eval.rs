@@ -1,14 +1,18 @@
+use std::fmt;
 use std::path::PathBuf;
-
-use rayon::prelude::*;
-
 use std::time::Instant;
 
+use rayon::prelude::*;
+use serde::Serialize;
+
+use super::output::{bootstrap_bar, Output};
 use super::ModelArgs;
 use crate::circuit::Circuit;
+use crate::encoding::quantize_pixels;
 use crate::eval::{clear, fhe};
 use crate::io::idx::{self, DEFAULT_DATA_DIR};
 use crate::keys::ClientKey;
+use crate::verify::fhe_matches_clear;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -26,6 +30,87 @@ pub struct Args {
     /// Index of the first test image that `--fhe` runs encrypted (long checks can go on where one stopped).
     #[arg(long, value_name = "I", default_value_t = 0, requires = "fhe")]
     pub fhe_start: usize,
+    /// Print the results as one JSON document (docs/json.md); the lines go to stderr.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// What `pkn eval` found; its text goes out line by line as each part is known.
+#[derive(Serialize)]
+struct Report {
+    #[serde(flatten)]
+    clear: Accuracy,
+    /// The `--fhe` check; None without it.
+    fhe: Option<Encrypted>,
+}
+
+/// Accuracy of the integer circuit on the test images.
+#[derive(Serialize)]
+struct Accuracy {
+    model: String,
+    images: usize,
+    correct: usize,
+    /// `correct / images` (0 for no images).
+    accuracy: f64,
+}
+
+/// One encrypted test image.
+#[derive(Serialize)]
+struct Verdict {
+    image: usize,
+    bit_exact: bool,
+    predicted: usize,
+    label: u8,
+    seconds: f64,
+}
+
+/// The encrypted images: each one's verdict, how many match the clear circuit, the time per image.
+#[derive(Serialize)]
+struct Encrypted {
+    images: usize,
+    matches: usize,
+    correct: usize,
+    seconds_per_image: f64,
+    verdicts: Vec<Verdict>,
+}
+
+impl fmt::Display for Accuracy {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(
+            f,
+            "{}: integer-circuit accuracy {:.2} % ({}/{} test images)",
+            self.model,
+            100.0 * self.accuracy,
+            self.correct,
+            self.images
+        )
+    }
+}
+
+impl fmt::Display for Verdict {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        let verdict = if self.bit_exact {
+            "bit-exact"
+        } else {
+            "DIFFERS from the clear circuit"
+        };
+        write!(
+            f,
+            "test image {}: {verdict}, predicted {}, label {}, {:.1} s",
+            self.image, self.predicted, self.label, self.seconds
+        )
+    }
+}
+
+impl fmt::Display for Encrypted {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        let n = self.images;
+        write!(
+            f,
+            "encrypted: {}/{n} bit-exact with the clear circuit, accuracy {}/{n}, {:.1} s per image",
+            self.matches, self.correct, self.seconds_per_image
+        )
+    }
 }
 
 fn find(dir: &std::path::Path, stem: &str) -> anyhow::Result<PathBuf> {
@@ -52,23 +137,26 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         images.truncate(n);
         labels.truncate(n);
     }
+    let out = Output::new(a.json);
     let bar = indicatif::ProgressBar::new(images.len() as u64);
     let correct = images
         .par_iter()
         .zip(&labels)
         .filter(|(img, &label)| {
-            let scores = clear::run(&circuit, &clear::quantize_pixels(img, circuit.input.bits));
+            let scores = clear::run(&circuit, &quantize_pixels(img, circuit.input.bits));
             bar.inc(1);
             clear::argmax(&scores) == label as usize
         })
         .count();
     bar.finish_and_clear();
-    println!(
-        "{}: integer-circuit accuracy {:.2} % ({correct}/{} test images)",
-        circuit.name,
-        100.0 * correct as f64 / images.len().max(1) as f64,
-        images.len()
-    );
+    let clear = Accuracy {
+        model: circuit.name.clone(),
+        images: images.len(),
+        correct,
+        accuracy: correct as f64 / images.len().max(1) as f64,
+    };
+    out.note(&clear);
+    let mut report = Report { clear, fhe: None };
     if a.fhe > 0 {
         let end = a.fhe_start.saturating_add(a.fhe);
         if end > images.len() {
@@ -79,62 +167,66 @@ pub fn run(a: Args) -> anyhow::Result<()> {
                 images.len()
             );
         }
-        check_fhe(
+        let encrypted = check_fhe(
             &circuit,
             a.fhe_start,
             &images[a.fhe_start..end],
             &labels[a.fhe_start..end],
+            out,
         )?;
+        out.note(&encrypted);
+        report.fhe = Some(encrypted);
     }
-    Ok(())
+    out.document(&report)?;
+    match report.fhe {
+        Some(e) if e.matches != e.images => {
+            anyhow::bail!(
+                "{} encrypted results differ from the clear circuit",
+                e.images - e.matches
+            )
+        }
+        _ => Ok(()),
+    }
 }
 
 /// Encrypted inference on `images` (test images `first..`) with fresh keys: bit-exact matches with
 /// the clear circuit, encrypted accuracy and time per image. Each image's verdict is printed as soon
 /// as it is known, so an interrupted check still leaves its evidence.
-fn check_fhe(circuit: &Circuit, first: usize, images: &[Vec<u8>], labels: &[u8]) -> anyhow::Result<()> {
+fn check_fhe(
+    circuit: &Circuit,
+    first: usize,
+    images: &[Vec<u8>],
+    labels: &[u8],
+    out: Output,
+) -> anyhow::Result<Encrypted> {
     let (client, server) = ClientKey::generate(circuit.fhe_params()?);
     let key = server.expand();
+    let engine = fhe::Engine::new(&key);
     let (pbs, _) = circuit.pbs_counts();
-    let bar = indicatif::ProgressBar::new(pbs * images.len() as u64).with_style(
-        indicatif::ProgressStyle::with_template("encrypted [{bar:40}] {pos}/{len} bootstraps, ETA {eta}")
-            .expect("valid template")
-            .progress_chars("=> "),
-    );
-    let (mut matches, mut correct) = (0, 0);
+    let bar = bootstrap_bar(pbs * images.len() as u64, "encrypted".into());
     let start = Instant::now();
+    let mut verdicts = Vec::new();
     for (i, (img, &label)) in images.iter().zip(labels).enumerate() {
         let image_start = Instant::now();
-        let input = clear::quantize_pixels(img, circuit.input.bits);
-        let cts = client
-            .encrypt(&input, circuit.input.encoding_bits)
-            .par_decompress_into_lwe_ciphertext_list();
-        let got = client.decrypt(&fhe::run(circuit, &key, cts, Some(&bar)), circuit.output.bits);
-        let exact = got == clear::run(circuit, &input);
-        let predicted = clear::argmax(&got);
-        matches += usize::from(exact);
-        correct += usize::from(predicted == label as usize);
-        let verdict = if exact {
-            "bit-exact"
-        } else {
-            "DIFFERS from the clear circuit"
+        let input = quantize_pixels(img, circuit.input.bits);
+        let result = fhe_matches_clear(circuit, &client, &engine, &input, Some(&bar));
+        let verdict = Verdict {
+            image: first + i,
+            bit_exact: result.exact(),
+            predicted: clear::argmax(&result.fhe),
+            label,
+            seconds: image_start.elapsed().as_secs_f64(),
         };
-        bar.suspend(|| {
-            println!(
-                "test image {}: {verdict}, predicted {predicted}, label {label}, {:.1} s",
-                first + i,
-                image_start.elapsed().as_secs_f64()
-            )
-        });
+        bar.suspend(|| out.note(&verdict));
+        verdicts.push(verdict);
     }
     bar.finish_and_clear();
     let n = images.len();
-    println!(
-        "encrypted: {matches}/{n} bit-exact with the clear circuit, accuracy {correct}/{n}, {:.1} s per image",
-        start.elapsed().as_secs_f64() / n as f64
-    );
-    if matches != n {
-        anyhow::bail!("{} encrypted results differ from the clear circuit", n - matches);
-    }
-    Ok(())
+    Ok(Encrypted {
+        images: n,
+        matches: verdicts.iter().filter(|v| v.bit_exact).count(),
+        correct: verdicts.iter().filter(|v| v.predicted == v.label as usize).count(),
+        seconds_per_image: start.elapsed().as_secs_f64() / n as f64,
+        verdicts,
+    })
 }

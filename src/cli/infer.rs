@@ -3,7 +3,9 @@ use std::time::Instant;
 
 use anyhow::Context;
 
-use super::{print_prediction, ModelArgs, DEFAULT_INPUT, DEFAULT_OUTPUT, DEFAULT_SERVER_KEY};
+use super::output::{bootstrap_bar, Output};
+use super::prediction::Prediction;
+use super::{ModelArgs, DEFAULT_INPUT, DEFAULT_OUTPUT, DEFAULT_SERVER_KEY};
 use crate::circuit::{Circuit, Layer};
 use crate::eval::{clear, fhe};
 use crate::io::checkpoint::{file_digest, Checkpointing, Resume};
@@ -32,6 +34,9 @@ pub struct Args {
     /// Run the bootstraps on an NVIDIA GPU (a build with `make gpu`).
     #[arg(long, conflicts_with = "clear")]
     pub gpu: bool,
+    /// With --clear: print the prediction as one JSON document (docs/json.md).
+    #[arg(long, requires = "clear")]
+    pub json: bool,
 }
 
 /// Refuse `--gpu` before any work when this build or this machine cannot honour it.
@@ -68,10 +73,14 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     if let Some(image) = &a.clear {
         let s = circuit.input.shape;
         let pixels = load_gray_png(image, s.width, s.height)?;
-        let scores = clear::run(&circuit, &clear::quantize_pixels(&pixels, circuit.input.bits));
-        println!("clear integer circuit of {} on {}:", circuit.name, image.display());
-        print_prediction(&circuit.output, &scores);
-        return Ok(());
+        let scores = clear::run(&circuit, &crate::encoding::quantize_pixels(&pixels, circuit.input.bits));
+        let out = Output::new(a.json);
+        out.note(format!(
+            "clear integer circuit of {} on {}:",
+            circuit.name,
+            image.display()
+        ));
+        return out.report(&Prediction::new(&circuit.output, scores));
     }
     let params = circuit.fhe_params()?;
     let (input_ids, input): (Ids, EncryptedInput) = container::read(&a.input, Kind::InputCiphertext)?;
@@ -116,13 +125,14 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         model: model_id,
     };
     let checkpoints = Checkpointing::acquire(&a.output, ids, file_digest(&a.input)?)?;
-    let state = match checkpoints.load(&circuit, params.big_lwe_dimension() + 1) {
+    let lwe_size = params.big_lwe_dimension() + 1;
+    let state = match checkpoints.load(|state: &fhe::EncryptedState| state.fits_circuit(&circuit, lwe_size)) {
         Resume::From(state) => state,
         Resume::Fresh(reason) => {
             if let Some(reason) = reason {
                 eprintln!("starting afresh: {reason}");
             }
-            fhe::State::start(&circuit, ciphertexts)
+            fhe::EncryptedState::start(&circuit, ciphertexts)
         }
     };
     let start = Instant::now();
@@ -144,16 +154,9 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             circuit.layers.len()
         );
     }
-    let bar = indicatif::ProgressBar::new(pbs).with_style(
-        indicatif::ProgressStyle::with_template(
-            "{msg} [{bar:40}] {pos}/{len} bootstraps, {elapsed} elapsed, ETA {eta}",
-        )
-        .expect("valid template")
-        .progress_chars("=> "),
-    );
+    let bar = bootstrap_bar(pbs, format!("inferring {}", circuit.name));
     bar.set_position(done);
     bar.reset_eta();
-    bar.set_message(format!("inferring {}", circuit.name));
     let run_start = Instant::now();
     let mut layer_secs = Vec::new();
     let mut since = Instant::now();

@@ -1,4 +1,5 @@
-//! The command line: one module per subcommand; `main.rs` only parses and prints errors.
+//! The command line: one module per subcommand, `output` for how they print (text or JSON),
+//! `prediction` for the report two of them share; `main.rs` only parses and prints errors.
 
 mod decrypt;
 mod encrypt;
@@ -6,17 +7,17 @@ mod eval;
 mod infer;
 mod inspect;
 mod keygen;
+mod output;
+mod prediction;
 
 use std::path::Path;
 
 use clap::{Parser, Subcommand};
 
-use crate::circuit::{Circuit, OutputSpec};
-use crate::compile::{compile, CompileOptions};
-use crate::io::{idx, resolve};
-use crate::model::load_model;
+use crate::circuit::Circuit;
+use crate::compile::CompileOptions;
+use crate::zoo::{Shipped, DEFAULT_MODEL};
 
-pub const DEFAULT_MODEL: &str = "tiny-pkn";
 pub const DEFAULT_CLIENT_KEY: &str = "client.key";
 pub const DEFAULT_SERVER_KEY: &str = "server.key";
 pub const DEFAULT_INPUT: &str = "input.ct";
@@ -92,27 +93,7 @@ impl ModelArgs {
 
     /// Resolve, load and compile the model.
     pub fn circuit(&self) -> anyhow::Result<Circuit> {
-        compile_model(&resolve::resolve_model(&self.model)?, &self.options())
-    }
-}
-
-/// Load a model file and compile it with its shipped calibration images.
-pub fn compile_model(path: &Path, options: &CompileOptions) -> anyhow::Result<Circuit> {
-    let model = load_model(path)?;
-    let calibration = idx::read_images(&resolve::resolve_calibration(path)?)?;
-    Ok(compile(&model, &calibration, options)?)
-}
-
-/// Print the predicted class and the scores.
-pub fn print_prediction(output: &OutputSpec, scores: &[i64]) {
-    let best = crate::eval::clear::argmax(scores);
-    let name = output.classes.get(best).map_or("?", String::as_str);
-    println!("prediction: {name} (class {best})");
-    println!("scores (integer output, logit = integer x {:.3e}):", output.scale);
-    for (i, s) in scores.iter().enumerate() {
-        let class = output.classes.get(i).map_or("?", String::as_str);
-        let mark = if i == best { " <" } else { "" };
-        println!("  {class:<12} {s:>8}  {:>8.3}{mark}", *s as f64 * output.scale);
+        Ok(Shipped::find(&self.model)?.compile(&self.options())?)
     }
 }
 
