@@ -27,8 +27,8 @@ test:
 # skip its CUDA build (nothing is linked), in its own target directory so no real build reuses that.
 lint:
 	cargo fmt --all -- --check
-	cargo clippy --all-targets -- -D warnings
-	DOCS_RS=1 cargo clippy --all-targets --features gpu --target-dir target/gpu-check -- -D warnings
+	cargo clippy --all-targets --features fuzzing -- -D warnings
+	DOCS_RS=1 cargo clippy --all-targets --features gpu,fuzzing --target-dir target/gpu-check -- -D warnings
 	bash scripts/check-history.sh
 
 # The cnn-pkn whole run takes about half an hour on 2 cores.

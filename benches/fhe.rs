@@ -6,7 +6,7 @@
 use criterion::{criterion_group, criterion_main, Criterion};
 use pkn::circuit::{Layer, TruncStep};
 use pkn::compile::CompileOptions;
-use pkn::eval::{clear, fhe};
+use pkn::eval::fhe;
 use pkn::io::{image::load_gray_png, resolve::resolve_model};
 use pkn::keys::ClientKey;
 use pkn::params::Bootstrap;
@@ -30,12 +30,12 @@ fn benches(c: &mut Criterion) {
         let name = format!(
             "truncation step of {bits} bit(s), {} key ({} KS + PBS, 1 thread)",
             if precise { "precise" } else { "cheap" },
-            step.bootstraps()
+            step.rule(false).bootstraps()
         );
         group.bench_function(name, |b| {
             b.iter(|| {
                 let mut x = ct.clone();
-                engine.truncation_step(&mut scratch, &mut x, 10, step, &luts);
+                engine.truncation_step(&mut scratch, &mut x, 10, &luts);
                 x
             })
         });
@@ -78,8 +78,8 @@ fn benches(c: &mut Criterion) {
         group.bench_function(name, |b| {
             b.iter(|| {
                 let mut x = acc.clone();
-                for (step, held, step_luts) in &luts.steps {
-                    engine.truncation_step(&mut scratch, &mut x, *held, *step, step_luts);
+                for (_, held, step_luts) in &luts.steps {
+                    engine.truncation_step(&mut scratch, &mut x, *held, step_luts);
                 }
                 engine.split_lookup(&mut scratch, &x, split, 0, &mut out)
             })
@@ -93,7 +93,7 @@ fn benches(c: &mut Criterion) {
         28,
     )
     .unwrap();
-    let input = clear::quantize_pixels(&pixels, circuit.input.bits);
+    let input = pkn::encoding::quantize_pixels(&pixels, circuit.input.bits);
     let encrypted = client
         .encrypt(&input, circuit.input.encoding_bits)
         .par_decompress_into_lwe_ciphertext_list();

@@ -9,6 +9,7 @@ use std::sync::OnceLock;
 
 use crate::circuit::Circuit;
 use crate::compile::{compile, CompileOptions};
+use crate::eval::fhe::EncryptedState;
 use crate::io::checkpoint::{resume_from_bytes, Expected};
 use crate::io::container::{self, Ids, Kind};
 use crate::io::payload::{EncryptedInput, EncryptedOutput};
@@ -103,10 +104,11 @@ pub fn container(data: &[u8]) {
             let expected = Expected {
                 ids: IDS,
                 input_digest: [0; 32],
-                circuit: shipped_circuit(),
-                lwe_size: params.big_lwe_dimension() + 1,
             };
-            resume_from_bytes(path, &bytes, &expected);
+            let lwe_size = params.big_lwe_dimension() + 1;
+            resume_from_bytes(path, &bytes, &expected, |state: &EncryptedState| {
+                state.fits_circuit(shipped_circuit(), lwe_size)
+            });
         }
     }
 }

@@ -11,8 +11,9 @@ use tfhe::core_crypto::prelude::*;
 use tfhe_csprng::seeders::SeedKind;
 use zeroize::Zeroize;
 
+use crate::encoding::{decode, encode};
 use crate::error::{Error, Result};
-use crate::params::{Bootstrap, FheParams};
+use crate::params::{native_modulus, Bootstrap, FheParams};
 
 /// Secret-key bits are wiped from memory when the key is dropped (tfhe's key types do not do it).
 impl Drop for ClientKey {
@@ -72,32 +73,6 @@ impl EvaluationKey {
     }
 }
 
-/// Widest encoding a decoded file may claim; decoding shifts by `63 - bits` and wraps by
-/// `2^(bits + 1)`, and the circuits use a dozen bits at most.
-pub const MAX_ENCODING_BITS: u32 = 32;
-
-/// Encoding `Delta = 2^(63 - bits)`: `bits` of message plus one padding bit.
-pub fn delta(bits: u32) -> u64 {
-    1u64 << (63 - bits)
-}
-
-/// Encode a signed integer with `Delta = 2^(63 - bits)` (wrapping, as the ciphertext does).
-pub fn encode(value: i64, bits: u32) -> u64 {
-    (value as u64).wrapping_mul(delta(bits))
-}
-
-/// Round a phase to the nearest multiple of Delta and return it as a signed integer in
-/// [-2^bits, 2^bits).
-pub fn decode(phase: u64, bits: u32) -> i64 {
-    let d = delta(bits);
-    let rounded = phase.wrapping_add(d / 2) / d;
-    crate::eval::clear::wrap_signed(rounded as i64, bits)
-}
-
-fn native() -> CiphertextModulus<u64> {
-    CiphertextModulus::new_native()
-}
-
 fn random_id(seeder: &mut dyn Seeder) -> KeyId {
     seeder.seed().0.to_le_bytes()
 }
@@ -123,7 +98,7 @@ impl ClientKey {
                 DecompositionBaseLog(base_log),
                 DecompositionLevelCount(level),
                 DynamicDistribution::<u64>::new_t_uniform(params.glwe_noise_bound_log2),
-                native(),
+                native_modulus(),
                 &mut *seeder,
             )
         };
@@ -134,7 +109,7 @@ impl ClientKey {
             DecompositionBaseLog(params.ks_base_log),
             DecompositionLevelCount(params.ks_level),
             DynamicDistribution::<u64>::new_t_uniform(params.lwe_noise_bound_log2),
-            native(),
+            native_modulus(),
             seeder,
         );
         let key_id = random_id(seeder);
@@ -167,7 +142,7 @@ impl ClientKey {
             big_key.lwe_dimension().to_lwe_size(),
             LweCiphertextCount(values.len()),
             seeder.seed().into(),
-            native(),
+            native_modulus(),
         );
         encrypt_seeded_lwe_ciphertext_list(
             &big_key,
@@ -207,7 +182,7 @@ impl ClientKey {
 
     /// The raw phase of a big-key ciphertext (message plus noise).
     pub fn phase(&self, ct: &[u64]) -> u64 {
-        let ct = LweCiphertext::from_container(ct, native());
+        let ct = LweCiphertext::from_container(ct, native_modulus());
         decrypt_lwe_ciphertext(&self.glwe_key.as_lwe_secret_key(), &ct).0
     }
 
@@ -365,7 +340,7 @@ mod tests {
             DecompositionLevelCount(level),
             LweDimension(input_lwe_dimension),
             Seed(7).into(),
-            native(),
+            native_modulus(),
         )
     }
 
@@ -384,7 +359,7 @@ mod tests {
                 LweDimension(PARAMS.big_lwe_dimension()),
                 LweDimension(PARAMS.lwe_dimension),
                 Seed(8).into(),
-                native(),
+                native_modulus(),
             ),
         }
     }
@@ -438,25 +413,14 @@ mod tests {
 
     #[test]
     fn only_plain_counter_seeds_are_accepted() {
-        check_seeded("x", native(), Seed(5).into()).unwrap();
+        check_seeded("x", native_modulus(), Seed(5).into()).unwrap();
         let mut shifted = CompressionSeed::from(Seed(5));
         shifted.inner.first_index = shifted.inner.first_index.increased(1);
-        let err = check_seeded("x", native(), shifted).unwrap_err().to_string();
+        let err = check_seeded("x", native_modulus(), shifted).unwrap_err().to_string();
         assert!(err.contains("compression seed"), "{err}");
         let err = check_seeded("x", CiphertextModulus::try_new_power_of_2(32).unwrap(), Seed(5).into())
             .unwrap_err()
             .to_string();
         assert!(err.contains("not 2^64"), "{err}");
-    }
-
-    #[test]
-    fn encode_decode_round_trip_with_wrap() {
-        for bits in [3u32, 8, 12] {
-            for v in [-(1i64 << bits), -1, 0, 1, (1 << bits) - 1] {
-                assert_eq!(decode(encode(v, bits), bits), v, "bits {bits} v {v}");
-                let noisy = encode(v, bits).wrapping_add(delta(bits) / 2 - 1);
-                assert_eq!(decode(noisy, bits), v);
-            }
-        }
     }
 }

@@ -7,8 +7,10 @@
 pub mod circuit;
 pub mod cli;
 pub mod compile;
+pub mod encoding;
 pub mod error;
 pub mod eval;
+#[cfg(feature = "fuzzing")]
 pub mod fuzzing;
 pub mod io;
 pub mod keys;

@@ -21,6 +21,11 @@ use tfhe::core_crypto::commons::noise_formulas::{
 /// for 6,954 and 48,589 units; 13.0 ms before the batches; docs/benchmarks.md).
 pub const MS_PER_STOCK_PBS_2_THREADS: f64 = 7.15;
 
+/// The ciphertext modulus of every parameter set: the native 2^64.
+pub fn native_modulus() -> tfhe::core_crypto::prelude::CiphertextModulus<u64> {
+    tfhe::core_crypto::prelude::CiphertextModulus::new_native()
+}
+
 /// The failure probability every bootstrap must stay under: 2^-64.
 pub const LOG2_PFAIL_LIMIT: f64 = -64.0;
 

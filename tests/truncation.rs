@@ -7,9 +7,10 @@
 
 use pkn::circuit::{Requant, Residual, Shape, TruncStep};
 use pkn::compile::noise::{plan_steps, DeferredResidual};
+use pkn::encoding::{decode, encode};
 use pkn::eval::clear::{lut_index, requant as requant_clear, table_output};
 use pkn::eval::fhe::{Bootstrapper, DeferredAdd, Engine};
-use pkn::keys::{decode, encode, ClientKey, EvaluationKey};
+use pkn::keys::{ClientKey, EvaluationKey};
 use pkn::params::{Bootstrap, FheParams};
 use rayon::prelude::*;
 use tfhe::core_crypto::prelude::{CiphertextModulus, ContiguousEntityContainer, LweCiphertextList, LweSize};
@@ -146,7 +147,7 @@ fn every_truncation_step_and_table_output_match_the_clear_values() {
                     let mut ct = weighted_sum(&activations, &weights, encode(target - base, acc_bits));
                     let (mut held, mut removed) = (acc_bits, 0);
                     for st in plan {
-                        engine.truncation_step(scratch, &mut ct, held, *st, &engine.step_luts(held, *st));
+                        engine.truncation_step(scratch, &mut ct, held, &engine.step_luts(held, *st));
                         held -= st.bits;
                         removed += st.bits;
                         let got = decode(client.phase(&ct), held).rem_euclid(1 << (held + 1));

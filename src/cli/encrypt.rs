@@ -3,7 +3,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 
 use super::{ModelArgs, DEFAULT_CLIENT_KEY, DEFAULT_INPUT};
-use crate::eval::clear::quantize_pixels;
+use crate::encoding::quantize_pixels;
 use crate::io::container::{self, Ids, Kind};
 use crate::io::image::load_gray_png;
 use crate::io::payload::EncryptedInput;

@@ -9,7 +9,7 @@
 //! decrypting an output needs its noise within half a step. A residual deferred
 //! into the truncation adds its noise piece by piece, each before the step that first reads it.
 
-use crate::circuit::{relative_steps_cost, Circuit, Layer, Requant, Residual, StepKind, TruncStep};
+use crate::circuit::{Circuit, Layer, Requant, Residual, StepKind, TruncStep};
 use crate::params::{log2_gaussian_two_sided_tail, Bootstrap, FheParams, LOG2_PFAIL_LIMIT};
 
 /// The worst bootstrap of one table layer.
@@ -87,36 +87,36 @@ pub fn requant_log2_pfail(
     steps: &[TruncStep],
     residual: Option<&DeferredResidual>,
 ) -> f64 {
-    let key = |precise| if precise { Bootstrap::Precise } else { Bootstrap::Cheap };
     let added = residual.map_or_else(|| vec![0.0; steps.len() + 1], |d| d.stage_variances(r.acc_bits, steps));
     let mut var = var;
     let mut held = r.acc_bits;
     let mut worst = f64::NEG_INFINITY;
     // The last extended step's sign output: a split table reads it again.
     let mut kept = 0.0;
-    for ((st, kind), added) in steps.iter().zip(r.step_kinds(steps)).zip(&added) {
+    for ((st, rule), added) in steps.iter().zip(r.step_rules(steps)).zip(&added) {
         var += added;
-        // The first bootstrap reads ct * 2^(held - digit): the digit and the bit above it, with half
+        // The sign bootstrap reads ct * 2^(held - digit): the digit and the bit above it, with half
         // a digit slot of margin (a quarter of the torus for a single bit); the digit table reads
         // the same amplification of the ciphertext less that bit, the sign's output included.
-        let digit = match kind {
-            StepKind::Digit(bits) | StepKind::Extended(bits) => bits,
-        };
+        let digit = rule.digit_bits();
         let amplify = 4f64.powi((held - digit) as i32);
         let half_slot = 2f64.powi(-(digit as i32 + 2));
         worst = worst.max(params.log2_pfail(var * amplify, half_slot));
-        match kind {
+        let sign_out = params.pbs_output_variance(rule.sign_key);
+        let digit_out = rule.digit_key.map(|key| params.pbs_output_variance(key));
+        match rule.kind {
             StepKind::Digit(_) => {
-                let after_sign = var * amplify + params.pbs_output_variance(Bootstrap::Cheap);
-                worst = worst.max(params.log2_pfail(after_sign, half_slot));
-                var += params.pbs_output_variance(key(st.precise));
+                // The sign's output only clears a bit of the digit's input; the digit's stays.
+                worst = worst.max(params.log2_pfail(var * amplify + sign_out, half_slot));
+                var += digit_out.expect("a digit step has a digit table");
             }
             StepKind::Extended(_) => {
-                kept = params.pbs_output_variance(key(st.precise));
+                // The sign's output stays in the accumulator, then the digit table reads it.
+                kept = sign_out;
                 var += kept;
-                if digit > 0 {
+                if let Some(digit_out) = digit_out {
                     worst = worst.max(params.log2_pfail(var * amplify, half_slot));
-                    var += params.pbs_output_variance(Bootstrap::Cheap);
+                    var += digit_out;
                 }
             }
         }
@@ -186,7 +186,7 @@ pub fn plan_steps(
                 })
                 .collect();
             if requant_log2_pfail(r, var, params, &steps, residual) <= LOG2_PFAIL_LIMIT {
-                let cost = relative_steps_cost(&steps, params);
+                let cost = r.steps_cost(&steps, params);
                 if best.as_ref().is_none_or(|(c, _)| cost < *c) {
                     best = Some((cost, steps));
                 }

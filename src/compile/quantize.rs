@@ -1,9 +1,18 @@
 //! Quantization of weights and activations, and the element-wise chain fused into tables.
 
-use super::{QuantizedLinear, State};
+use super::range::Calibrated;
 use crate::circuit::{window_output, Linear, LinearOp, Residual, Shape};
 use crate::error::{Error, Result};
 use crate::model::Node;
+
+/// A linear layer with integer weights and the float scales that give them meaning.
+pub(crate) struct QuantizedLinear {
+    pub layer: Linear,
+    /// Float pre-activation of channel c: weight_scale[c] * (acc - zero_term[c]) + bias[c].
+    pub weight_scale: Vec<f64>,
+    pub zero_term: Vec<f64>,
+    pub bias: Vec<f64>,
+}
 
 /// Symmetric weight quantization: q = clamp(round(w / s), -(2^(b-1) - 1), 2^(b-1) - 1) with
 /// s = max|w| / (2^(b-1) - 1), per output channel (or one scale for the whole tensor).
@@ -89,8 +98,8 @@ fn check_size(name: &str, out: Shape, terms_per_value: usize) -> Result<()> {
 /// the scale s_r / (H_c s_in), as fine as b bits allow, and the sum `acc + H_c r` is exact.
 pub(crate) fn quantize_weights(
     node: &Node,
-    state: &State,
-    residual: Option<&State>,
+    state: &Calibrated,
+    residual: Option<&Calibrated>,
     bits: u32,
     per_tensor: bool,
 ) -> Result<QuantizedLinear> {

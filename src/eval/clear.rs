@@ -2,12 +2,7 @@
 
 use super::Tensors;
 use crate::circuit::{Circuit, Layer, Linear, LinearOp, Requant};
-
-/// Pixels in [0, 255] to the circuit's input integers: round(p / 255 * (2^bits - 1)).
-pub fn quantize_pixels(pixels: &[u8], bits: u32) -> Vec<i64> {
-    let levels = (1i64 << bits) - 1;
-    pixels.iter().map(|&p| (p as i64 * levels * 2 + 255) / 510).collect()
-}
+use crate::encoding::wrap_signed;
 
 /// A leveled layer: exact weighted sums plus per-channel offsets, plus the residual tensor if the
 /// layer has one.
@@ -81,18 +76,6 @@ pub fn requant(layer: &Requant, acc: &[i64]) -> Vec<i64> {
         .collect()
 }
 
-/// The value a ciphertext with encoding `Delta = 2^(63 - bits)` holds: `v mod 2^(bits + 1)`,
-/// read as signed.
-pub fn wrap_signed(v: i64, bits: u32) -> i64 {
-    let m = 1i64 << (bits + 1);
-    let r = v.rem_euclid(m);
-    if r >= m / 2 {
-        r - m
-    } else {
-        r
-    }
-}
-
 /// Run the whole circuit on quantized input integers; returns the output integers.
 pub fn run(circuit: &Circuit, input: &[i64]) -> Vec<i64> {
     let last_uses = circuit.last_uses();
@@ -123,11 +106,6 @@ pub fn argmax(scores: &[i64]) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn pixels_round_to_nearest_level() {
-        assert_eq!(quantize_pixels(&[0, 8, 9, 128, 255], 4), vec![0, 0, 1, 8, 15]);
-    }
 
     #[test]
     fn lut_index_wraps_into_the_negacyclic_half() {
@@ -239,13 +217,6 @@ mod tests {
             assert_eq!(fast, linear_by_terms(&layer, &input, &residual), "{op:?}");
             assert!(fast.iter().any(|&v| v != 0));
         }
-    }
-
-    #[test]
-    fn wrap_signed_matches_two_complement() {
-        assert_eq!(wrap_signed(5, 3), 5);
-        assert_eq!(wrap_signed(8, 3), -8);
-        assert_eq!(wrap_signed(-9, 3), 7);
     }
 
     #[test]

@@ -27,7 +27,7 @@ use tfhe::core_crypto::prelude::*;
 use super::fhe::{requant_rounds, Bootstrapper, Ciphertexts, DeferredAdd, LayerLuts, Luts};
 use crate::circuit::Requant;
 use crate::keys::StandardEvaluationKey;
-use crate::params::{Bootstrap, FheParams};
+use crate::params::{native_modulus, Bootstrap, FheParams};
 use crate::{Error, Result};
 
 /// The evaluation key on GPU 0, with the stream every call runs on.
@@ -37,10 +37,6 @@ pub struct GpuEngine {
     keyswitch_key: CudaLweKeyswitchKey<u64>,
     bootstrap_key: CudaLweBootstrapKey,
     cheap_bootstrap_key: CudaLweBootstrapKey,
-}
-
-fn native() -> CiphertextModulus<u64> {
-    CiphertextModulus::new_native()
 }
 
 /// Fails unless CUDA sees a GPU: the backend aborts the process on its first call otherwise.
@@ -98,7 +94,7 @@ impl GpuEngine {
             host,
             GlweSize(self.params.glwe_dimension + 1),
             PolynomialSize(self.params.polynomial_size),
-            native(),
+            native_modulus(),
         );
         CudaGlweCiphertextList::from_glwe_ciphertext_list(&list, &self.streams)
     }
@@ -124,11 +120,15 @@ impl GpuEngine {
             ),
         };
         let input = CudaLweCiphertextList::from_lwe_ciphertext_list(
-            &LweCiphertextList::from_container(inputs, big, native()),
+            &LweCiphertextList::from_container(inputs, big, native_modulus()),
             &self.streams,
         );
-        let mut small =
-            CudaLweCiphertextList::new(LweDimension(self.params.lwe_dimension), count, native(), &self.streams);
+        let mut small = CudaLweCiphertextList::new(
+            LweDimension(self.params.lwe_dimension),
+            count,
+            native_modulus(),
+            &self.streams,
+        );
         cuda_keyswitch_lwe_ciphertext(
             &self.keyswitch_key,
             &input,
@@ -139,7 +139,7 @@ impl GpuEngine {
             &self.streams,
             false,
         );
-        let mut output = CudaLweCiphertextList::new(big.to_lwe_dimension(), count, native(), &self.streams);
+        let mut output = CudaLweCiphertextList::new(big.to_lwe_dimension(), count, native_modulus(), &self.streams);
         cuda_programmable_bootstrap_lwe_ciphertext(
             &small,
             &mut output,
@@ -172,6 +172,6 @@ impl Bootstrapper for GpuEngine {
         requant_rounds(layer, &luts, &mut acc, 0, residual, &mut |inputs, l, which| {
             self.bootstrap(inputs, l, which, progress)
         });
-        LweCiphertextList::from_container(acc, LweSize(size), native())
+        LweCiphertextList::from_container(acc, LweSize(size), native_modulus())
     }
 }

@@ -9,16 +9,15 @@
 use std::fs::{File, TryLockError};
 use std::path::{Path, PathBuf};
 
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::container::{self, Ids, Kind};
-use crate::circuit::Circuit;
 use crate::error::{Error, Result};
-use crate::eval::fhe::State;
 
-/// Payload of a checkpoint file: read as an owned [`State`], written from a borrowed one (the
-/// same bytes), so saving never copies the live ciphertexts.
+/// Payload of a checkpoint file: the run's state `S` (the evaluator's), read as an owned value and
+/// written from a borrowed one (the same bytes), so saving never copies the live ciphertexts.
 #[derive(Serialize, Deserialize)]
 struct Checkpoint<S> {
     input_digest: [u8; 32],
@@ -35,9 +34,9 @@ pub struct Checkpointing {
 }
 
 /// What a run starts from.
-pub enum Resume {
+pub enum Resume<S> {
     /// A valid checkpoint of this very computation.
-    From(State),
+    From(S),
     /// No checkpoint, or one that cannot be used (the reason says why).
     Fresh(Option<String>),
 }
@@ -48,50 +47,37 @@ fn sibling(path: &Path, suffix: &str) -> PathBuf {
     PathBuf::from(name)
 }
 
-/// Whether a saved state holds exactly the tensors the circuit holds before its next layer, with
-/// their sizes (compared before anything is computed from them).
-fn fits(circuit: &Circuit, state: &State, lwe_size: usize) -> bool {
-    let next = state.next_layer;
-    if next > circuit.layers.len() || state.slots.len() != circuit.layers.len() + 1 {
-        return false;
-    }
-    let last_uses = circuit.last_uses();
-    state.slots.iter().enumerate().all(|(t, slot)| {
-        let live = t <= next && last_uses[t] >= next;
-        match slot {
-            None => !live,
-            Some(cts) => {
-                live && cts.lwe_size().0 == lwe_size
-                    && cts.ciphertext_modulus().is_native_modulus()
-                    && circuit.tensor_shape(t).and_then(|s| s.len().checked_mul(lwe_size)) == Some(cts.as_ref().len())
-            }
-        }
-    })
-}
-
 /// SHA-256 of a file's bytes: identifies the encrypted input a checkpoint belongs to.
 pub fn file_digest(path: &Path) -> Result<[u8; 32]> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
     Ok(Sha256::digest(bytes).into())
 }
 
-/// What a checkpoint must match to be resumed.
-pub struct Expected<'a> {
+/// Whose checkpoint can be resumed: the key and model ids and the encrypted input's digest.
+#[derive(Clone, Copy)]
+pub struct Expected {
     pub ids: Ids,
     pub input_digest: [u8; 32],
-    pub circuit: &'a Circuit,
-    /// Size of every ciphertext (the big LWE dimension plus one).
-    pub lwe_size: usize,
 }
 
 /// [`Checkpointing::load`] on the bytes of a checkpoint file; `path` only names it in messages.
-pub fn resume_from_bytes(path: &Path, bytes: &[u8], expected: &Expected) -> Resume {
-    judge(path, container::decode(path, bytes, Kind::Checkpoint), expected)
+pub fn resume_from_bytes<S: DeserializeOwned>(
+    path: &Path,
+    bytes: &[u8],
+    expected: &Expected,
+    fits: impl FnOnce(&S) -> std::result::Result<(), String>,
+) -> Resume<S> {
+    accept_checkpoint(path, container::decode(path, bytes, Kind::Checkpoint), expected, fits)
 }
 
-/// Whether a decoded checkpoint belongs to this computation and fits its circuit at the layer it
-/// names; sizes are compared before anything is computed from them.
-fn judge(path: &Path, read: Result<(Ids, Checkpoint<State>)>, expected: &Expected) -> Resume {
+/// Whether a decoded checkpoint belongs to this computation and, by `fits` (the evaluator's
+/// check, which compares sizes before anything is computed from them), fits its circuit.
+fn accept_checkpoint<S>(
+    path: &Path,
+    read: Result<(Ids, Checkpoint<S>)>,
+    expected: &Expected,
+    fits: impl FnOnce(&S) -> std::result::Result<(), String>,
+) -> Resume<S> {
     let (ids, saved) = match read {
         Ok(read) => read,
         Err(e) => return Resume::Fresh(Some(format!("unusable checkpoint ({e})"))),
@@ -102,15 +88,10 @@ fn judge(path: &Path, read: Result<(Ids, Checkpoint<State>)>, expected: &Expecte
             path.display()
         )));
     }
-    let state = saved.state;
-    if !fits(expected.circuit, &state, expected.lwe_size) {
-        return Resume::Fresh(Some(format!(
-            "{} does not match the circuit's layer {}",
-            path.display(),
-            state.next_layer
-        )));
+    match fits(&saved.state) {
+        Ok(()) => Resume::From(saved.state),
+        Err(why) => Resume::Fresh(Some(format!("{} {why}", path.display()))),
     }
-    Resume::From(state)
 }
 
 impl Checkpointing {
@@ -142,22 +123,26 @@ impl Checkpointing {
         &self.path
     }
 
-    /// The state to resume from, if the checkpoint exists and belongs to this computation.
-    pub fn load(&self, circuit: &Circuit, lwe_size: usize) -> Resume {
+    /// The state to resume from, if the checkpoint exists, belongs to this computation and
+    /// `fits` its circuit.
+    pub fn load<S: DeserializeOwned>(&self, fits: impl FnOnce(&S) -> std::result::Result<(), String>) -> Resume<S> {
         if !self.path.exists() {
             return Resume::Fresh(None);
         }
         let expected = Expected {
             ids: self.ids,
             input_digest: self.input_digest,
-            circuit,
-            lwe_size,
         };
-        judge(&self.path, container::read(&self.path, Kind::Checkpoint), &expected)
+        accept_checkpoint(
+            &self.path,
+            container::read(&self.path, Kind::Checkpoint),
+            &expected,
+            fits,
+        )
     }
 
     /// Save `state` atomically (temp file, sync, rename).
-    pub fn save(&self, state: &State) -> Result<()> {
+    pub fn save<S: Serialize>(&self, state: &S) -> Result<()> {
         let payload = Checkpoint {
             input_digest: self.input_digest,
             state,
@@ -179,80 +164,54 @@ impl Checkpointing {
 
 #[cfg(test)]
 mod tests {
-    use tfhe::core_crypto::prelude::{CiphertextModulus, LweCiphertextList, LweSize};
-
     use super::*;
-    use crate::eval::fhe::State;
-
-    fn shipped_circuit() -> Circuit {
-        let weights = Path::new(env!("CARGO_MANIFEST_DIR")).join("weights");
-        let model = crate::model::load_model(&weights.join("tiny-pkn.safetensors")).unwrap();
-        let images = crate::io::idx::read_images(&weights.join("calibration-images.idx")).unwrap();
-        crate::compile::compile(&model, &images[..2], &Default::default()).unwrap()
-    }
-
-    /// The bytes of a checkpoint file for `ids()` and a zero input digest, at layer `next_layer`
-    /// with tensors `live` (index, values), each ciphertext of `lwe_size`.
-    fn checkpoint_bytes(circuit: &Circuit, next_layer: usize, live: &[(usize, usize)], lwe_size: usize) -> Vec<u8> {
-        let mut slots: Vec<_> = (0..=circuit.layers.len()).map(|_| None).collect();
-        for &(t, values) in live {
-            slots[t] = Some(LweCiphertextList::from_container(
-                vec![0u64; values * lwe_size],
-                LweSize(lwe_size),
-                CiphertextModulus::new_native(),
-            ));
-        }
-        let payload = Checkpoint {
-            input_digest: [0; 32],
-            state: State { next_layer, slots },
-        };
-        container::frame(Kind::Checkpoint, ids(), &bincode::serialize(&payload).unwrap())
-    }
-
-    #[test]
-    fn a_checkpoint_is_resumed_only_if_it_fits_the_circuit_at_its_layer() {
-        let circuit = shipped_circuit();
-        let expected = Expected {
-            ids: ids(),
-            input_digest: [0; 32],
-            circuit: &circuit,
-            lwe_size: 3,
-        };
-        let path = Path::new("out.ct.ckpt");
-        let end = circuit.layers.len();
-        let outputs = circuit.tensor_shape(end).unwrap().len();
-        let judged = |bytes: &[u8]| match resume_from_bytes(path, bytes, &expected) {
-            Resume::From(state) => Ok(state.next_layer),
-            Resume::Fresh(reason) => Err(reason.unwrap()),
-        };
-        assert_eq!(judged(&checkpoint_bytes(&circuit, end, &[(end, outputs)], 3)), Ok(end));
-        for bad in [
-            checkpoint_bytes(&circuit, end, &[(end, outputs + 1)], 3),
-            checkpoint_bytes(&circuit, end, &[(end, outputs)], 4),
-            checkpoint_bytes(&circuit, end, &[(0, circuit.input.shape.len()), (end, outputs)], 3),
-            checkpoint_bytes(&circuit, end, &[], 3),
-            checkpoint_bytes(&circuit, end + 1, &[(end, outputs)], 3),
-        ] {
-            assert!(judged(&bad).unwrap_err().contains("does not match"));
-        }
-        // A ciphertext size of 0 (its count would divide by it) is refused, not a panic.
-        let mut zero_size = checkpoint_bytes(&circuit, end, &[(end, 0)], 3);
-        let lwe_size_at = zero_size.len()
-            - 8
-            - bincode::serialize(&CiphertextModulus::<u64>::new_native())
-                .unwrap()
-                .len();
-        zero_size[lwe_size_at..lwe_size_at + 8].fill(0);
-        let body = zero_size[79..].to_vec();
-        let reframed = container::frame(Kind::Checkpoint, ids(), &body);
-        assert!(judged(&reframed).unwrap_err().contains("does not match"));
-    }
 
     fn ids() -> Ids {
         Ids {
             key: [3; 16],
             model: [4; 16],
         }
+    }
+
+    #[test]
+    fn a_checkpoint_is_resumed_only_by_its_own_computation_and_if_it_fits() {
+        let path = Path::new("out.ct.ckpt");
+        let payload = Checkpoint {
+            input_digest: [7; 32],
+            state: 5u32,
+        };
+        let bytes = container::frame(Kind::Checkpoint, ids(), &bincode::serialize(&payload).unwrap());
+        let expected = Expected {
+            ids: ids(),
+            input_digest: [7; 32],
+        };
+        let resumed = |expected: &Expected, fits: bool| match resume_from_bytes(path, &bytes, expected, |&s: &u32| {
+            assert_eq!(s, 5);
+            if fits {
+                Ok(())
+            } else {
+                Err("does not match".into())
+            }
+        }) {
+            Resume::From(state) => Ok(state),
+            Resume::Fresh(reason) => Err(reason.unwrap()),
+        };
+        assert_eq!(resumed(&expected, true), Ok(5));
+        assert_eq!(resumed(&expected, false), Err("out.ct.ckpt does not match".into()));
+        let other_input = Expected {
+            input_digest: [8; 32],
+            ..expected
+        };
+        assert!(resumed(&other_input, true)
+            .unwrap_err()
+            .contains("belongs to another input"));
+        let mut corrupt = bytes.clone();
+        let last = corrupt.len() - 1;
+        corrupt[last] ^= 1;
+        assert!(matches!(
+            resume_from_bytes(path, &corrupt, &expected, |_: &u32| Ok(())),
+            Resume::Fresh(Some(reason)) if reason.contains("unusable checkpoint")
+        ));
     }
 
     #[test]

@@ -19,7 +19,17 @@ use crate::error::{Error, Result};
 const MAGIC: &[u8; 4] = b"PKNF";
 /// Version of the container and of every payload it carries.
 pub const FORMAT_VERSION: u16 = 1;
-const HEADER_LEN: usize = 4 + 1 + 2 + 16 + 16 + 8 + 32;
+
+/// Where each field of the header starts (docs/file-formats.md): magic, kind byte, format version
+/// (u16 LE), key id, model id, payload length (u64 LE), SHA-256 of the payload.
+const KIND_AT: usize = MAGIC.len();
+const VERSION_AT: usize = KIND_AT + 1;
+const KEY_ID_AT: usize = VERSION_AT + 2;
+const MODEL_ID_AT: usize = KEY_ID_AT + 16;
+const LENGTH_AT: usize = MODEL_ID_AT + 16;
+const DIGEST_AT: usize = LENGTH_AT + 8;
+/// Bytes before the payload.
+pub const HEADER_LEN: usize = DIGEST_AT + 32;
 
 /// What a file holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -269,13 +279,13 @@ fn decode_from<T: DeserializeOwned>(path: &Path, mut reader: impl Read, size: u6
 
 /// The magic and kind bytes: a pkn file of `kind`, or an error naming what it is.
 fn check_kind(path: &Path, head: &[u8], kind: Kind) -> Result<()> {
-    if head.len() < 5 || &head[..4] != MAGIC {
+    if head.len() < VERSION_AT || &head[..KIND_AT] != MAGIC {
         return Err(Error::format(
             path,
             format!("not a pkn file (expected {})", kind.describe()),
         ));
     }
-    let found = Kind::from_byte(head[4]);
+    let found = Kind::from_byte(head[KIND_AT]);
     if found != Some(kind) {
         let what = found.map_or("an unknown kind of pkn file", Kind::describe);
         return Err(Error::format(
@@ -296,7 +306,7 @@ fn parse_header(path: &Path, head: &[u8], body_len: u64, kind: Kind) -> Result<(
         ));
     }
     check_kind(path, head, kind)?;
-    let version = u16::from_le_bytes([head[5], head[6]]);
+    let version = u16::from_le_bytes([head[VERSION_AT], head[VERSION_AT + 1]]);
     if version > FORMAT_VERSION {
         return Err(Error::format(
             path,
@@ -307,16 +317,16 @@ fn parse_header(path: &Path, head: &[u8], body_len: u64, kind: Kind) -> Result<(
         key: [0; 16],
         model: [0; 16],
     };
-    ids.key.copy_from_slice(&head[7..23]);
-    ids.model.copy_from_slice(&head[23..39]);
-    let len = u64::from_le_bytes(head[39..47].try_into().expect("8 bytes"));
+    ids.key.copy_from_slice(&head[KEY_ID_AT..MODEL_ID_AT]);
+    ids.model.copy_from_slice(&head[MODEL_ID_AT..LENGTH_AT]);
+    let len = u64::from_le_bytes(head[LENGTH_AT..DIGEST_AT].try_into().expect("8 bytes"));
     if len > kind.max_payload() || body_len != len {
         return Err(Error::format(
             path,
             format!("truncated or padded: header says {len} payload bytes, file has {body_len}"),
         ));
     }
-    Ok((ids, len, head[47..79].try_into().expect("32 bytes")))
+    Ok((ids, len, head[DIGEST_AT..HEADER_LEN].try_into().expect("32 bytes")))
 }
 
 #[cfg(test)]

@@ -4,8 +4,9 @@ use serde::{Deserialize, Serialize};
 use tfhe::core_crypto::prelude::{LweCiphertextListOwned, SeededLweCiphertextListOwned};
 
 use crate::circuit::OutputSpec;
+use crate::encoding::MAX_ENCODING_BITS;
 use crate::error::{Error, Result};
-use crate::keys::{check_seeded, MAX_ENCODING_BITS};
+use crate::keys::check_seeded;
 use crate::params::FheParams;
 
 /// Payload of an encrypted input file.
