@@ -2,7 +2,7 @@
 BIN := target/release/pkn
 SAMPLE := samples/test-1-pullover.png
 
-.PHONY: build gpu demo test bench lint clean
+.PHONY: build gpu demo test test-all bench lint clean
 
 build:
 	cargo build --release
@@ -19,9 +19,20 @@ demo: build
 	cd demo && ../$(BIN) keygen --force && ../$(BIN) encrypt ../$(SAMPLE) && ../$(BIN) infer && ../$(BIN) decrypt
 	cd demo && ../$(BIN) infer --clear ../$(SAMPLE)
 
-# Unit tests, then the FHE exactness and CLI integration tests (release mode: FHE is slow in debug).
+# Release mode: FHE is slow in debug. `make test`: the unit tests, FHE == clear on one real image
+# through the library and one through the four commands, every truncation edge test, every
+# bad-input test, checkpoints and the fuzz corpus (at most about 10 minutes on 2 cores after the
+# build). `make test-all` (CI) adds tests/long_runs.rs (more images, resume after SIGKILL, eval
+# --fhe), the residual network encrypted and the noise statistics.
+# A new file under tests/ goes into one of the two lists.
+QUICK_TESTS := --lib --test cli --test fhe_exact --test truncation --test checkpoint --test fuzz_corpus
+LONG_TESTS := --test long_runs --test residual --test noise
+
 test:
-	cargo test --release
+	cargo test --release --features fuzzing $(QUICK_TESTS)
+
+test-all: test
+	cargo test --release --features fuzzing $(LONG_TESTS)
 
 # The GPU engine is type-checked and linted too, without CUDA: DOCS_RS=1 makes tfhe's CUDA backend
 # skip its CUDA build (nothing is linked), in its own target directory so no real build reuses that.

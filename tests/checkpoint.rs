@@ -1,6 +1,8 @@
 //! A checkpoint is resumed only if the evaluator's state it holds fits the circuit at its layer:
 //! every live tensor present with its size, nothing else, sizes checked before any use.
 
+mod common;
+
 use std::path::Path;
 
 use pkn::circuit::Circuit;
@@ -8,13 +10,6 @@ use pkn::eval::fhe::EncryptedState;
 use pkn::io::checkpoint::{resume_from_bytes, Expected, Resume};
 use pkn::io::container::{self, Ids, Kind};
 use tfhe::core_crypto::prelude::{CiphertextModulus, LweCiphertextList, LweSize};
-
-fn shipped_circuit() -> Circuit {
-    let weights = Path::new(env!("CARGO_MANIFEST_DIR")).join("weights");
-    let model = pkn::model::load_model(&weights.join("tiny-pkn.safetensors")).unwrap();
-    let images = pkn::io::idx::read_images(&weights.join(pkn::io::resolve::CALIBRATION_FILE)).unwrap();
-    pkn::compile::compile(&model, &images[..2], &Default::default()).unwrap()
-}
 
 const IDS: Ids = Ids {
     key: [3; 16],
@@ -39,7 +34,7 @@ fn checkpoint_bytes(circuit: &Circuit, next_layer: usize, live: &[(usize, usize)
 
 #[test]
 fn a_checkpoint_is_resumed_only_if_it_fits_the_circuit_at_its_layer() {
-    let circuit = shipped_circuit();
+    let circuit = common::tiny_pkn();
     let expected = Expected {
         ids: IDS,
         input_digest: [0; 32],

@@ -3,118 +3,16 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Output};
 
+use common::cli::{assert_cli_fhe_equals_clear, fails, json, ok, sample, write_small_test_set};
 use serde_json::Value;
-
-fn pkn(dir: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_pkn"))
-        .args(args)
-        .current_dir(dir)
-        .env("PKN_WEIGHTS", Path::new(env!("CARGO_MANIFEST_DIR")).join("weights"))
-        .output()
-        .expect("pkn runs")
-}
-
-fn ok(dir: &Path, args: &[&str]) -> String {
-    ok_with_notes(dir, args).0
-}
-
-/// Stdout and stderr of a command that succeeds.
-fn ok_with_notes(dir: &Path, args: &[&str]) -> (String, String) {
-    let out = pkn(dir, args);
-    let err = String::from_utf8(out.stderr).unwrap();
-    assert!(out.status.success(), "pkn {args:?} failed: {err}");
-    (String::from_utf8(out.stdout).unwrap(), err)
-}
-
-/// Stdout of a `--json` command: one JSON document and nothing else.
-fn json(dir: &Path, args: &[&str]) -> Value {
-    let out = ok(dir, args);
-    serde_json::from_str(&out).unwrap_or_else(|e| panic!("pkn {args:?}: not one JSON document ({e}): {out}"))
-}
-
-/// The command fails with one clear error line containing `needle`, and does not panic.
-fn fails(dir: &Path, args: &[&str], needle: &str) {
-    let out = pkn(dir, args);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "pkn {args:?} should fail");
-    assert!(err.contains(needle), "pkn {args:?}: expected {needle:?} in {err:?}");
-    assert!(!err.contains("panicked"), "pkn {args:?} panicked: {err}");
-    assert_eq!(
-        err.trim().lines().count(),
-        1,
-        "pkn {args:?}: one error line expected, got {err:?}"
-    );
-}
-
-fn sample(name: &str) -> String {
-    common::sample_path(name).display().to_string()
-}
-
-/// Score lines of a printed prediction (everything after the "prediction:" line).
-fn prediction(stdout: &str) -> Vec<String> {
-    stdout
-        .lines()
-        .skip_while(|l| !l.starts_with("prediction:"))
-        .map(String::from)
-        .collect()
-}
-
-/// `pkn decrypt --json` (or `infer --clear --json`) against the text of the same prediction: the
-/// class is the highest score's, and the scores and logits are the printed ones.
-fn check_prediction_json(report: &Value, text: &[String]) {
-    let scores: Vec<i64> = report["scores"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s.as_i64().unwrap())
-        .collect();
-    let class = report["class"].as_u64().unwrap() as usize;
-    let best = *scores.iter().max().unwrap();
-    assert_eq!(scores.iter().position(|&s| s == best), Some(class), "{report}");
-    let name = report["class_name"].as_str().unwrap();
-    assert_eq!(report["classes"][class], name);
-    assert_eq!(text[0], format!("prediction: {name} (class {class})"));
-    let scale = report["scale"].as_f64().unwrap();
-    for (i, line) in text[2..].iter().enumerate() {
-        // "  <class name> <score> <logit>", and " <" after the predicted class.
-        let fields: Vec<&str> = line.trim_end_matches(" <").split_whitespace().rev().take(2).collect();
-        let logit = report["logits"][i].as_f64().unwrap();
-        // serde_json's float parsing may be off by an ulp.
-        assert!(
-            (logit - scores[i] as f64 * scale).abs() <= 1e-12 * logit.abs(),
-            "{report}"
-        );
-        assert_eq!(fields, [format!("{logit:.3}"), scores[i].to_string()], "{line}");
-        assert!(
-            line.trim_start().starts_with(report["classes"][i].as_str().unwrap()),
-            "{line}"
-        );
-    }
-}
 
 #[test]
 fn encrypted_inference_through_the_cli_equals_the_clear_reference() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     ok(d, &["keygen"]);
-    for name in ["test-1-pullover.png", "test-2-trouser.png", "test-3-trouser.png"] {
-        let img = sample(name);
-        ok(d, &["encrypt", &img]);
-        ok(d, &["infer"]);
-        let fhe = prediction(&ok(d, &["decrypt"]));
-        let clear = prediction(&ok(d, &["infer", "--clear", &img]));
-        assert!(fhe.len() == 12, "unexpected output {fhe:?}");
-        assert_eq!(fhe, clear, "FHE and clear differ on {name}");
-        let fhe_json = json(d, &["decrypt", "--json"]);
-        assert_eq!(
-            fhe_json,
-            json(d, &["infer", "--clear", &img, "--json"]),
-            "FHE and clear differ on {name}"
-        );
-        check_prediction_json(&fhe_json, &fhe);
-    }
+    assert_cli_fhe_equals_clear(d, &["test-1-pullover.png"]);
     // The result can only be decrypted with its own key.
     ok(
         d,
@@ -129,55 +27,6 @@ fn encrypted_inference_through_the_cli_equals_the_clear_reference() {
     fails(d, &["decrypt", "--key", "other.key"], "wrong key");
     // Keys are not silently replaced.
     fails(d, &["keygen"], "already exists");
-}
-
-/// A run killed with SIGKILL after its first checkpoint resumes from it, and its result decrypts to
-/// exactly the uninterrupted run's (and the clear circuit's); a second run on the same output is
-/// refused meanwhile. (The ciphertexts themselves may differ in their noise bits between processes:
-/// tfhe picks its FFT algorithm by timing it.)
-#[test]
-fn a_killed_inference_resumes_and_gives_the_same_output() {
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
-    ok(d, &["keygen"]);
-    ok(d, &["encrypt", &sample("test-0-ankle-boot.png")]);
-    ok(d, &["infer", "-o", "whole.ct"]);
-
-    let mut run = Command::new(env!("CARGO_BIN_EXE_pkn"))
-        .args(["infer", "-o", "resumed.ct"])
-        .current_dir(d)
-        .env("PKN_WEIGHTS", Path::new(env!("CARGO_MANIFEST_DIR")).join("weights"))
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("pkn runs");
-    let checkpoint = d.join("resumed.ct.ckpt");
-    while !checkpoint.exists() {
-        assert!(
-            run.try_wait().unwrap().is_none(),
-            "infer ended before its first checkpoint"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
-    fails(
-        d,
-        &["infer", "-o", "resumed.ct"],
-        "another pkn infer is writing resumed.ct",
-    );
-    run.kill().unwrap();
-    run.wait().unwrap();
-    assert!(!d.join("resumed.ct").exists());
-
-    let resumed = ok(d, &["infer", "-o", "resumed.ct"]);
-    assert!(resumed.contains("resuming from"), "did not resume: {resumed}");
-    assert!(!checkpoint.exists(), "the checkpoint outlived the run");
-    let whole = prediction(&ok(d, &["decrypt", "-i", "whole.ct"]));
-    assert_eq!(whole.len(), 12, "unexpected output {whole:?}");
-    assert_eq!(prediction(&ok(d, &["decrypt", "-i", "resumed.ct"])), whole);
-    assert_eq!(
-        prediction(&ok(d, &["infer", "--clear", &sample("test-0-ankle-boot.png")])),
-        whole
-    );
 }
 
 /// A build without the `gpu` feature refuses `--gpu` at once, pointing at the GPU build.
@@ -432,47 +281,6 @@ fn weight_and_activation_widths_per_layer_come_from_the_model() {
         d,
         &["inspect", "--model", "nine.safetensors"],
         "quantization bit widths must be 2..=8",
-    );
-}
-
-/// Three test images (the first calibration images) and labels as IDX files in `dir`.
-fn write_small_test_set(dir: &Path) {
-    let mut images = vec![0, 0, 8, 3, 0, 0, 0, 3, 0, 0, 0, 28, 0, 0, 0, 28];
-    images.extend(common::calibration()[..3].concat());
-    std::fs::write(dir.join("t10k-images-idx3-ubyte"), images).unwrap();
-    std::fs::write(dir.join("t10k-labels-idx1-ubyte"), [0, 0, 8, 1, 0, 0, 0, 3, 4, 7, 1]).unwrap();
-}
-
-#[test]
-fn eval_runs_chosen_images_encrypted_and_checks_them_against_the_clear_circuit() {
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
-    write_small_test_set(d);
-    let data = d.display().to_string();
-    // With --json the lines go to stderr, and stdout carries the report.
-    let (report, out) = ok_with_notes(
-        d,
-        &["eval", "--data", &data, "--fhe", "1", "--fhe-start", "2", "--json"],
-    );
-    assert!(out.contains("/3 test images)"), "unexpected output {out:?}");
-    assert!(out.contains("test image 2: bit-exact"), "unexpected output {out:?}");
-    assert!(out.contains("encrypted: 1/1 bit-exact"), "unexpected output {out:?}");
-    let report: Value = serde_json::from_str(&report).unwrap();
-    assert_eq!(report["images"], 3);
-    let fhe = &report["fhe"];
-    assert_eq!((&fhe["images"], &fhe["matches"]), (&1.into(), &1.into()), "{report}");
-    let verdict = &fhe["verdicts"][0];
-    assert_eq!(
-        (&verdict["image"], &verdict["bit_exact"], &verdict["label"]),
-        (&2.into(), &true.into(), &1.into())
-    );
-    let line = format!("test image 2: bit-exact, predicted {}, label 1", verdict["predicted"]);
-    assert!(out.contains(&line), "{line:?} not in {out:?}");
-    assert!(fhe["seconds_per_image"].as_f64().unwrap() > 0.0, "{report}");
-    fails(
-        d,
-        &["eval", "--data", &data, "--fhe", "2", "--fhe-start", "2"],
-        "--fhe-start 2 --fhe 2 needs 4 test images, only 3 are evaluated",
     );
 }
 

@@ -77,25 +77,21 @@ fn link_encodings(circuit: &mut Circuit) {
 
 #[cfg(test)]
 mod tests {
-    use std::path::Path;
-
     use super::*;
     use crate::encoding::quantize_pixels;
     use crate::eval::clear;
-
-    fn weights() -> std::path::PathBuf {
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("weights")
-    }
+    use crate::io::resolve::{resolve_calibration, resolve_model};
 
     /// The first 100 shipped calibration images.
     fn calibration() -> Vec<Vec<u8>> {
-        let mut images = crate::io::idx::read_images(&weights().join("calibration-images.idx")).unwrap();
+        let path = resolve_calibration(&resolve_model("tiny-pkn").unwrap()).unwrap();
+        let mut images = crate::io::idx::read_images(&path).unwrap();
         images.truncate(100);
         images
     }
 
     fn shipped(name: &str, options: &CompileOptions) -> Circuit {
-        let model = crate::model::load_model(&weights().join(format!("{name}.safetensors"))).unwrap();
+        let model = crate::model::load_model(&resolve_model(name).unwrap()).unwrap();
         compile(&model, &calibration(), options).unwrap()
     }
 

@@ -2,6 +2,8 @@
 //! key pair, the bundled sample images, and the FHE == clear check.
 #![allow(dead_code)] // each test binary uses its own part of this module
 
+pub mod cli;
+
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
@@ -24,12 +26,17 @@ pub fn calibration() -> Vec<Vec<u8>> {
     Shipped::find(DEFAULT_MODEL).unwrap().calibration
 }
 
-/// tiny-pkn compiled with the default options, and a fresh key pair for its parameters.
-pub fn tiny_pkn_with_keys() -> (Circuit, ClientKey, ServerKey) {
-    let circuit = Shipped::find(DEFAULT_MODEL)
+/// tiny-pkn compiled with the default options.
+pub fn tiny_pkn() -> Circuit {
+    Shipped::find(DEFAULT_MODEL)
         .unwrap()
         .compile(&CompileOptions::default())
-        .unwrap();
+        .unwrap()
+}
+
+/// tiny-pkn compiled with the default options, and a fresh key pair for its parameters.
+pub fn tiny_pkn_with_keys() -> (Circuit, ClientKey, ServerKey) {
+    let circuit = tiny_pkn();
     let (client, server) = ClientKey::generate(circuit.fhe_params().unwrap());
     (circuit, client, server)
 }
