@@ -30,8 +30,7 @@ fn bootstrap_output_variance_matches_the_compilers_prediction() {
 }
 
 fn check_bootstrap_output_variance(params: FheParams) {
-    let (client, server) = ClientKey::generate(params);
-    let key = server.expand();
+    let (client, key) = common::expanded_keys(params);
     let engine = Engine::new(&key);
     let values: Vec<i64> = (0..SAMPLES as i64).map(|i| i % 16).collect();
     let fresh = client.encrypt(&values, 4).par_decompress_into_lwe_ciphertext_list();

@@ -5,6 +5,8 @@
 //! low bits are all 0 or all 1, and on values that leave their window; for single-bit steps, digit
 //! steps, extended steps (5 bits) and the plan the compiler picks.
 
+mod common;
+
 use pkn::circuit::{Requant, Residual, Shape, TruncStep};
 use pkn::compile::noise::{plan_steps, DeferredResidual};
 use pkn::encoding::{decode, encode};
@@ -52,8 +54,8 @@ fn real_activations(engine: &Engine, client: &ClientKey, acc_bits: u32) -> (Vec<
 /// The 2^12 x 3 key set: its parameters, the client key and the expanded evaluation key.
 fn keys() -> (FheParams, ClientKey, EvaluationKey) {
     let params = FheParams::stock_2_2_with_pbs(12, 3);
-    let (client, server) = ClientKey::generate(params);
-    (params, client, server.expand())
+    let (client, key) = common::expanded_keys(params);
+    (params, client, key)
 }
 
 /// Runs `requant` on the accumulator ciphertexts in `container` (adding `residual` along the way)

@@ -12,7 +12,8 @@ use pkn::compile::CompileOptions;
 use pkn::eval::fhe::Bootstrapper;
 use pkn::io::image::load_gray_png;
 use pkn::io::resolve::resolve_model;
-use pkn::keys::{ClientKey, ServerKey};
+use pkn::keys::{ClientKey, EvaluationKey, ServerKey};
+use pkn::params::FheParams;
 use pkn::verify::fhe_matches_clear;
 use pkn::zoo::{Shipped, DEFAULT_MODEL};
 
@@ -39,6 +40,12 @@ pub fn tiny_pkn_with_keys() -> (Circuit, ClientKey, ServerKey) {
     let circuit = tiny_pkn();
     let (client, server) = ClientKey::generate(circuit.fhe_params().unwrap());
     (circuit, client, server)
+}
+
+/// A fresh key pair for `params`, the server's evaluation key expanded.
+pub fn expanded_keys(params: FheParams) -> (ClientKey, EvaluationKey) {
+    let (client, server) = ClientKey::generate(params);
+    (client, server.expand())
 }
 
 /// The bundled sample `name` (samples/), quantized to the circuit's input.
