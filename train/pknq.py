@@ -1,8 +1,8 @@
 """PyTorch emulation of pkn's integer circuit, for quantization-aware training.
 
-Every rule here mirrors src/compile/mod.rs and src/compile/quantize.rs: pixel quantization,
-per-channel symmetric weights, integer accumulators with the zero point as padding value,
-calibrated (or worst-case) accumulator windows with margin, power-of-two window of B bits,
+Every rule here mirrors the compiler (src/compile/: quantize.rs, range.rs, window.rs, fuse.rs,
+lower.rs) and the encoding (src/encoding.rs): pixel quantization, per-channel symmetric weights,
+integer accumulators with the zero point as padding value, calibrated (or worst-case) accumulator windows with margin, power-of-two window of B bits,
 integer per-channel gains, centring offsets, exact truncation to W bits, one table per channel
 evaluated at bin centres, asymmetric activation quantization, and the negacyclic half of the
 table for values that leave their window. After `calibrate` on pkn's calibration images, the
@@ -40,14 +40,14 @@ def ste(x, value):
 
 
 def clipped_range(y, clip):
-    """The k-th smallest and k-th largest values, k = floor(clip * (n - 1)) (src/compile/mod.rs)."""
+    """The k-th smallest and k-th largest values, k = floor(clip * (n - 1)) (src/compile/fuse.rs)."""
     flat = y.reshape(-1)
     k = math.floor(clip * (flat.numel() - 1))
     return torch.kthvalue(flat, k + 1).values, torch.kthvalue(flat, flat.numel() - k).values
 
 
 def bits_for(width):
-    """Bits needed to hold `width` distinct values (src/compile/mod.rs bits_for)."""
+    """Bits needed to hold `width` distinct values (src/compile/range.rs bits_for)."""
     width = max(int(width), 1)
     return (width - 1).bit_length()
 
@@ -88,7 +88,7 @@ def quantize_weight_residual(w, bits, unit):
 
 
 def fold_batch_norms(weight, bias, bns):
-    """Fold inference-mode batch norms into the weights and bias (src/compile/mod.rs fold_affine_chain)."""
+    """Fold inference-mode batch norms into the weights and bias (src/compile/lower.rs fold_affine_chain)."""
     for m in bns:
         a = m.weight / torch.sqrt(m.running_var + m.eps)
         shift = m.bias - m.running_mean * a
