@@ -311,3 +311,100 @@ impl Circuit {
         id
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shape(channels: usize) -> Shape {
+        Shape {
+            channels,
+            height: 1,
+            width: 1,
+        }
+    }
+
+    fn dense(name: &str, input: usize, ins: usize, outs: usize) -> Layer {
+        Layer::Linear(Linear {
+            name: name.into(),
+            input,
+            op: LinearOp::Dense,
+            in_shape: shape(ins),
+            out_shape: shape(outs),
+            weights: vec![1; ins * outs],
+            offsets: vec![0; outs],
+            residual: None,
+        })
+    }
+
+    /// Dense 2 -> 2, a table layer (B = 6, W = 4, two bits removed in one step), dense 2 -> 2.
+    fn small_circuit() -> Circuit {
+        Circuit {
+            version: CIRCUIT_VERSION,
+            name: "small".into(),
+            input: InputSpec {
+                shape: shape(2),
+                bits: 4,
+                encoding_bits: 6,
+            },
+            layers: vec![
+                dense("fc1", 0, 2, 2),
+                Layer::Requant(Requant {
+                    name: "fc1".into(),
+                    shape: shape(2),
+                    acc_bits: 6,
+                    lut_bits: 4,
+                    tables: vec![vec![0; 16]; 2],
+                    output_encoding_bits: 8,
+                    output_bits: 4,
+                    steps: vec![TruncStep {
+                        bits: 2,
+                        precise: false,
+                    }],
+                }),
+                dense("fc2", 2, 2, 2),
+            ],
+            output: OutputSpec {
+                bits: 8,
+                scale: 1.0,
+                classes: vec!["a".into(), "b".into()],
+            },
+            params: None,
+            refusal: None,
+        }
+    }
+
+    #[test]
+    fn check_accepts_a_well_formed_circuit_and_names_what_is_wrong_in_others() {
+        assert_eq!(small_circuit().check(), Ok(()));
+        let broken = |edit: fn(&mut Circuit)| {
+            let mut c = small_circuit();
+            edit(&mut c);
+            c.check().unwrap_err()
+        };
+        fn requant(c: &mut Circuit) -> &mut Requant {
+            match &mut c.layers[1] {
+                Layer::Requant(r) => r,
+                Layer::Linear(_) => unreachable!("layer 1 is the table layer"),
+            }
+        }
+        assert!(broken(|c| requant(c).tables[1].pop().map_or((), drop)).contains("tables of the wrong size"));
+        assert!(broken(|c| requant(c).steps[0].bits = 3).contains("remove 3 bits, not 2"));
+        assert!(broken(|c| c.layers[0] = dense("fc1", 1, 2, 2)).contains("not an earlier one"));
+        assert!(broken(|c| c.layers[2] = dense("fc2", 2, 3, 2)).contains("fc2 reads a tensor of another shape"));
+        assert!(broken(|c| c.output.classes.pop().map_or((), drop)).contains("one output per class"));
+        assert!(broken(|c| c.layers.swap(0, 1)).contains("does not follow a linear layer"));
+    }
+
+    #[test]
+    fn a_circuit_without_parameters_gives_the_compilers_refusal() {
+        let mut c = small_circuit();
+        c.refusal = Some("layer fc1 reaches p-fail 2^-10".into());
+        assert_eq!(
+            c.fhe_params().unwrap_err().to_string(),
+            "compile: layer fc1 reaches p-fail 2^-10"
+        );
+        c.params = Some(FheParams::stock_2_2_with_pbs(12, 3));
+        assert_eq!(c.fhe_params().unwrap(), FheParams::stock_2_2_with_pbs(12, 3));
+    }
+}

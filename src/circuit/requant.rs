@@ -190,3 +190,36 @@ impl Requant {
         FheParams::estimated_seconds(self.shape.len() as f64 * self.relative_cost(params))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn step_rules_give_each_bootstrap_its_key() {
+        use Bootstrap::{Cheap, Precise};
+        let rule = |bits, precise, keeps_bit| {
+            let r = TruncStep { bits, precise }.rule(keeps_bit);
+            (r.kind, r.keys().collect::<Vec<_>>())
+        };
+        // A single bit: one sign bootstrap, whose output stays, on the step's key.
+        assert_eq!(rule(1, true, false), (StepKind::Extended(0), vec![Precise]));
+        // A digit: the sign only clears a bit of the digit's input (cheap); the digit stays.
+        assert_eq!(rule(3, true, false), (StepKind::Digit(3), vec![Cheap, Precise]));
+        // 5 bits, or the last step before a split table: the sign stays, the digit is cheap.
+        assert_eq!(rule(5, true, false), (StepKind::Extended(4), vec![Precise, Cheap]));
+        assert_eq!(rule(3, false, true), (StepKind::Extended(2), vec![Cheap, Cheap]));
+        assert_eq!(rule(1, false, true), (StepKind::Extended(0), vec![Cheap]));
+        let params = FheParams::stock_2_2_with_pbs(12, 3);
+        for bits in 1..=5 {
+            for precise in [false, true] {
+                let r = TruncStep { bits, precise }.rule(false);
+                assert_eq!(r.bootstraps(), if bits == 1 { 1 } else { 2 });
+                let cheap = params.relative_pbs_cost(Cheap);
+                let own = params.relative_pbs_cost(if precise { Precise } else { Cheap });
+                let want = own + if bits == 1 { 0.0 } else { cheap };
+                assert!((r.relative_cost(&params) - want).abs() < 1e-12, "{bits} {precise}");
+            }
+        }
+    }
+}
