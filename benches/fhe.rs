@@ -78,7 +78,7 @@ fn benches(c: &mut Criterion) {
         group.bench_function(name, |b| {
             b.iter(|| {
                 let mut x = acc.clone();
-                for (_, held, step_luts) in &luts.steps {
+                for (held, step_luts) in &luts.steps {
                     engine.truncation_step(&mut scratch, &mut x, *held, step_luts);
                 }
                 engine.split_lookup(&mut scratch, &x, split, 0, &mut out)

@@ -47,7 +47,7 @@ pub struct StepLuts {
 /// A requant layer's accumulators, built once per layer: each truncation step's, with the bits
 /// held before it, and each output channel's table (direct), or its split table.
 pub struct LayerLuts {
-    pub steps: Vec<(TruncStep, u32, StepLuts)>,
+    pub steps: Vec<(u32, StepLuts)>,
     pub tables: Vec<GlweCiphertextOwned<u64>>,
     pub split: Option<SplitLuts>,
 }
@@ -232,20 +232,24 @@ impl LayerLuts {
 
     pub fn new(params: &FheParams, layer: &Requant) -> LayerLuts {
         let mut held = layer.acc_bits;
-        let steps: Vec<(TruncStep, u32, StepLuts)> = layer
+        let steps: Vec<(u32, StepLuts)> = layer
             .steps
             .iter()
             .zip(layer.step_rules(&layer.steps))
-            .map(|(&step, rule)| {
+            .map(|(step, rule)| {
                 let before = held;
                 held -= step.bits;
-                (step, before, StepLuts::new(params, before, rule))
+                (before, StepLuts::new(params, before, rule))
             })
             .collect();
         if layer.split_table() {
-            let &(step, before, _) = steps.last().expect("a split table's layer has a truncation step");
+            let (step, &(before, _)) = layer
+                .steps
+                .last()
+                .zip(steps.last())
+                .expect("a split table's layer has a truncation step");
             return LayerLuts {
-                split: Some(SplitLuts::new(params, layer, step, before)),
+                split: Some(SplitLuts::new(params, layer, *step, before)),
                 steps,
                 tables: Vec::new(),
             };

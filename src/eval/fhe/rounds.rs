@@ -27,11 +27,11 @@ pub(super) fn step_rounds(
     inputs: &mut [u64],
     round: &mut impl Round,
 ) -> Option<Vec<u64>> {
-    let size = big_lwe_size(luts.sign().0);
+    let (lut, which) = luts.sign();
+    let size = big_lwe_size(lut);
     for (ct, input) in acc.chunks(size).zip(inputs.chunks_mut(size)) {
         luts.sign_input(ct, input, held);
     }
-    let (lut, which) = luts.sign();
     let out = round(inputs, Luts::Same(lut), which);
     for ((ct, input), o) in acc.chunks_mut(size).zip(inputs.chunks_mut(size)).zip(out.chunks(size)) {
         luts.after_sign(ct, input, o, held);
@@ -164,7 +164,7 @@ pub fn requant_rounds(
         }
     };
     let mut kept = None;
-    for (stage, (_, held, step_luts)) in luts.steps.iter().enumerate() {
+    for (stage, (held, step_luts)) in luts.steps.iter().enumerate() {
         add_residual(acc, stage);
         kept = step_rounds(step_luts, *held, acc, &mut inputs, round);
     }
