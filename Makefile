@@ -2,7 +2,7 @@
 BIN := target/release/pkn
 SAMPLE := samples/test-1-pullover.png
 
-.PHONY: build gpu demo test test-all bench lint clean
+.PHONY: build gpu mpi demo test test-all test-mpi bench lint clean
 
 build:
 	cargo build --release
@@ -11,6 +11,12 @@ build:
 # PyPI wheels in target/cuda-venv, binary and libcudart.so.13 in target/gpu/release/ (docs/gpu.md).
 gpu:
 	bash scripts/build-gpu.sh
+
+# pkn for many processes and machines, `mpirun -n R target/mpi/release/pkn infer` (docs/scale-out.md):
+# needs an MPI library and libclang (Debian: libopenmpi-dev openmpi-bin libclang-dev).
+MPI_TARGET := --target-dir target/mpi
+mpi:
+	cargo build --release --features mpi $(MPI_TARGET)
 
 # Real encrypted inference on the bundled sample with the default model (tiny-pkn), in demo/,
 # then the clear integer reference on the same image, which the decrypted result must equal.
@@ -34,12 +40,17 @@ test:
 test-all: test
 	cargo test --release --features fuzzing $(LONG_TESTS)
 
-# The GPU engine is type-checked and linted too, without CUDA: DOCS_RS=1 makes tfhe's CUDA backend
-# skip its CUDA build (nothing is linked), in its own target directory so no real build reuses that.
+# tiny-pkn under `mpirun -n 2` against one process and the clear circuit (CI runs it after test-all).
+test-mpi:
+	cargo test --release --features mpi $(MPI_TARGET) --test mpi
+
+# The GPU and MPI engines are type-checked and linted too, without CUDA: DOCS_RS=1 makes tfhe's CUDA
+# backend skip its CUDA build (nothing is linked), in its own target directory so no real build
+# reuses that. The MPI bindings need an MPI library and libclang (see `mpi`).
 lint:
 	cargo fmt --all -- --check
 	cargo clippy --all-targets --features fuzzing -- -D warnings
-	DOCS_RS=1 cargo clippy --all-targets --features gpu,fuzzing --target-dir target/gpu-check -- -D warnings
+	DOCS_RS=1 cargo clippy --all-targets --features gpu,mpi,fuzzing --target-dir target/gpu-check -- -D warnings
 	bash scripts/check-history.sh
 
 # The cnn-pkn whole run takes about half an hour on 2 cores.

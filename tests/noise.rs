@@ -102,7 +102,7 @@ fn linear_noise_ratio(
 ) -> f64 {
     let l = layer_linear(circuit, index);
     let enc = circuit.tensor_encodings();
-    let out = fhe::linear(l, input, enc[l.input], None, enc[index + 1]);
+    let out = fhe::linear(l, input, enc[l.input], None, enc[index + 1], 0..l.out_shape.len());
     let want = clear::linear(l, clear_input, None);
     let amplification = 4f64.powi((enc[l.input] - enc[index + 1]) as i32);
     let torus = 2f64.powi(64);
@@ -139,10 +139,14 @@ fn table_layer_inputs_of_tiny_pkn_carry_the_predicted_noise() {
         .par_decompress_into_lwe_ciphertext_list();
     let conv1 = linear_noise_ratio(&client, &circuit, 0, &cts, &input, params.fresh_variance());
     // Stop after the first table layer and take its encrypted output.
-    let stopped: Result<_, EncryptedState> =
-        fhe::resume(&circuit, &engine, EncryptedState::start(&circuit, cts), None, |s| {
-            Err(s.clone())
-        });
+    let stopped: Result<_, EncryptedState> = fhe::resume(
+        &circuit,
+        &engine,
+        &fhe::SingleProcess,
+        EncryptedState::start(&circuit, cts),
+        None,
+        |s| Err(s.clone()),
+    );
     let after_first = stopped.expect_err("tiny-pkn has a table layer");
     let clear_acc = clear::linear(layer_linear(&circuit, 0), &input, None);
     let Layer::Requant(r) = &circuit.layers[1] else {

@@ -71,7 +71,7 @@ fn check_requant(
 ) {
     let size = LweSize(container.len() / accs.len());
     let input = LweCiphertextList::from_container(container, size, CiphertextModulus::new_native());
-    let out = engine.requant(requant, input, residual, None);
+    let out = engine.requant(requant, input, 0, residual, None);
     let want = requant_clear(requant, accs);
     for (i, ct) in out.iter().enumerate() {
         assert_eq!(

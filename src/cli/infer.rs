@@ -2,6 +2,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::Context;
+use indicatif::ProgressBar;
 
 use super::output::{bootstrap_bar, Output};
 use super::prediction::Prediction;
@@ -65,6 +66,17 @@ fn gpu_engine(_: ServerKey) -> anyhow::Result<Box<dyn fhe::Bootstrapper>> {
     anyhow::bail!(NO_GPU_SUPPORT)
 }
 
+/// The processes sharing this inference: the ranks of an MPI job (a job of one without `mpirun`).
+#[cfg(feature = "mpi")]
+fn join_processes() -> anyhow::Result<Box<dyn fhe::Processes>> {
+    Ok(Box::new(crate::eval::mpi::MpiRanks::init()?))
+}
+
+#[cfg(not(feature = "mpi"))]
+fn join_processes() -> anyhow::Result<Box<dyn fhe::Processes>> {
+    Ok(Box::new(fhe::SingleProcess))
+}
+
 pub fn run(a: Args) -> anyhow::Result<()> {
     if a.gpu {
         check_gpu()?;
@@ -82,7 +94,48 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         ));
         return out.report(&Prediction::new(&circuit.output, scores));
     }
-    let params = circuit.fhe_params()?;
+    let processes = join_processes()?;
+    match encrypted(&a, &circuit, processes.as_ref()) {
+        // The other processes wait for this one in an exchange: end them all, before process 0
+        // writes anything.
+        Err(err) if processes.count() > 1 => {
+            eprintln!(
+                "error on process {} of {}: {err:#}",
+                processes.rank(),
+                processes.count()
+            );
+            processes.abort()
+        }
+        done => done,
+    }
+}
+
+/// The server key, checked against the circuit: every process loads it.
+fn load_server_key(a: &Args, circuit: &Circuit, params: &FheParams) -> anyhow::Result<(Ids, ServerKey)> {
+    let (key_ids, server_key): (Ids, ServerKey) = container::read(&a.server_key, Kind::ServerKey)?;
+    if server_key.params != *params {
+        anyhow::bail!(
+            "{} has parameters {}, model {} needs {}",
+            a.server_key.display(),
+            server_key.params.name(),
+            circuit.name,
+            params.name()
+        );
+    }
+    server_key
+        .check()
+        .with_context(|| format!("{} is not a usable server key", a.server_key.display()))?;
+    Ok((key_ids, server_key))
+}
+
+/// What process 0 alone reads and holds: the encrypted input, checked against the model and the
+/// key, and the checkpoints of the output, resumed from when they fit.
+fn open_run(
+    a: &Args,
+    circuit: &Circuit,
+    params: &FheParams,
+    key_ids: Ids,
+) -> anyhow::Result<(Ids, Checkpointing, fhe::EncryptedState)> {
     let (input_ids, input): (Ids, EncryptedInput) = container::read(&a.input, Kind::InputCiphertext)?;
     let model_id = circuit.id();
     if input_ids.model != model_id {
@@ -95,7 +148,6 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             a.model.model
         );
     }
-    let (key_ids, server_key): (Ids, ServerKey) = container::read(&a.server_key, Kind::ServerKey)?;
     if key_ids.key != input_ids.key {
         anyhow::bail!(
             "{} was encrypted under key {}, but {} is key {}",
@@ -105,20 +157,8 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             hex(&key_ids.key)
         );
     }
-    if server_key.params != params {
-        anyhow::bail!(
-            "{} has parameters {}, model {} needs {}",
-            a.server_key.display(),
-            server_key.params.name(),
-            circuit.name,
-            params.name()
-        );
-    }
-    server_key
-        .check()
-        .with_context(|| format!("{} is not a usable server key", a.server_key.display()))?;
     let ciphertexts = input
-        .into_ciphertexts(&params, circuit.input.shape.len())
+        .into_ciphertexts(params, circuit.input.shape.len())
         .with_context(|| format!("{} is not a usable encrypted input", a.input.display()))?;
     let ids = Ids {
         key: key_ids.key,
@@ -126,15 +166,35 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     };
     let checkpoints = Checkpointing::acquire(&a.output, ids, file_digest(&a.input)?)?;
     let lwe_size = params.big_lwe_dimension() + 1;
-    let state = match checkpoints.load(|state: &fhe::EncryptedState| state.fits_circuit(&circuit, lwe_size)) {
+    let state = match checkpoints.load(|state: &fhe::EncryptedState| state.fits_circuit(circuit, lwe_size)) {
         Resume::From(state) => state,
         Resume::Fresh(reason) => {
             if let Some(reason) = reason {
                 eprintln!("starting afresh: {reason}");
             }
-            fhe::EncryptedState::start(&circuit, ciphertexts)
+            fhe::EncryptedState::start(circuit, ciphertexts)
         }
     };
+    Ok((ids, checkpoints, state))
+}
+
+/// The encrypted inference, this process's share of it.
+fn encrypted(a: &Args, circuit: &Circuit, processes: &dyn fhe::Processes) -> anyhow::Result<()> {
+    let ranks = processes.count();
+    if a.gpu && ranks > 1 {
+        anyhow::bail!("--gpu runs in a single process; start pkn infer --gpu without mpirun");
+    }
+    let params = circuit.fhe_params()?;
+    let (key_ids, server_key) = load_server_key(a, circuit, &params)?;
+    let opened = match processes.rank() {
+        0 => Some(open_run(a, circuit, &params, key_ids)?),
+        _ => None,
+    };
+    let (opened, state) = match opened {
+        Some((ids, checkpoints, state)) => (Some((ids, checkpoints)), Some(state)),
+        None => (None, None),
+    };
+    let state = fhe::share_state(processes, state)?;
     let start = Instant::now();
     let cpu_key;
     let engine: Box<dyn fhe::Bootstrapper + '_> = if a.gpu {
@@ -145,28 +205,52 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     };
     let key_time = start.elapsed();
     let (pbs, trunc) = circuit.pbs_counts();
-    let done = fhe::bootstraps_done(&circuit, &state);
-    if state.next_layer > 0 {
-        println!(
-            "resuming from {} after layer {} of {} ({done} of {pbs} bootstraps done)",
-            checkpoints.path().display(),
-            state.next_layer,
-            circuit.layers.len()
-        );
-    }
-    let bar = bootstrap_bar(pbs, format!("inferring {}", circuit.name));
-    bar.set_position(done);
-    bar.reset_eta();
+    let done = fhe::bootstraps_before(circuit, state.next_layer, &fhe::SingleProcess);
+    let bar = match &opened {
+        Some((_, checkpoints)) => {
+            if state.next_layer > 0 {
+                println!(
+                    "resuming from {} after layer {} of {} ({done} of {pbs} bootstraps done)",
+                    checkpoints.path().display(),
+                    state.next_layer,
+                    circuit.layers.len()
+                );
+            }
+            let mine = |layer| fhe::bootstraps_before(circuit, layer, processes);
+            let share = if ranks > 1 {
+                format!(", process 0's share of {ranks}")
+            } else {
+                String::new()
+            };
+            let bar = bootstrap_bar(mine(circuit.layers.len()), format!("inferring {}{share}", circuit.name));
+            bar.set_position(mine(state.next_layer));
+            bar.reset_eta();
+            bar
+        }
+        None => ProgressBar::hidden(),
+    };
     let run_start = Instant::now();
-    let mut layer_secs = Vec::new();
-    let mut since = Instant::now();
-    let outputs = fhe::resume(&circuit, engine.as_ref(), state, Some(&bar), |s| {
-        layer_secs.push((s.next_layer - 1, since.elapsed().as_secs_f64()));
-        let saved = checkpoints.save(s);
-        since = Instant::now();
+    let mut layers = Vec::new();
+    let mut since = (Instant::now(), processes.exchanged());
+    let outputs = fhe::resume(circuit, engine.as_ref(), processes, state, Some(&bar), |s| {
+        let exchanged = processes.exchanged();
+        layers.push(LayerRun {
+            index: s.next_layer - 1,
+            seconds: since.0.elapsed().as_secs_f64(),
+            bytes_sent: exchanged.bytes_sent - since.1.bytes_sent,
+            exchange_seconds: exchanged.seconds - since.1.seconds,
+        });
+        let saved = match &opened {
+            Some((_, checkpoints)) => checkpoints.save(s),
+            None => Ok(()),
+        };
+        since = (Instant::now(), processes.exchanged());
         saved
     })?;
     bar.finish_and_clear();
+    let Some((ids, checkpoints)) = opened else {
+        return Ok(());
+    };
     let secs = run_start.elapsed().as_secs_f64();
     let run_pbs = pbs - done;
     let payload = EncryptedOutput {
@@ -175,35 +259,70 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     };
     container::write(&a.output, Kind::OutputCiphertext, ids, &payload, false)?;
     checkpoints.finish()?;
+    let over = if ranks > 1 {
+        format!(" over {ranks} processes")
+    } else {
+        String::new()
+    };
     println!(
-        "{}: {pbs} bootstraps ({trunc} for exact truncation); {run_pbs} run in {secs:.1} s ({:.2} ms each, key \
-         loaded in {:.1} s); encrypted result in {}",
+        "{}: {pbs} bootstraps ({trunc} for exact truncation); {run_pbs} run{over} in {secs:.1} s ({:.2} ms each, \
+         key loaded in {:.1} s); encrypted result in {}",
         circuit.name,
         secs * 1000.0 / run_pbs.max(1) as f64,
         key_time.as_secs_f64(),
         a.output.display()
     );
-    print_layer_times(&circuit, &params, &layer_secs);
+    if ranks > 1 {
+        let exchanged = processes.exchanged();
+        println!(
+            "exchanges: process 0 sent {:.1} MiB in {:.2} s of allgather, waiting included ({:.1} % of the run)",
+            exchanged.bytes_sent as f64 / MIB,
+            exchanged.seconds,
+            100.0 * exchanged.seconds / secs
+        );
+    }
+    print_layer_times(circuit, &params, &layers, ranks > 1);
     Ok(())
 }
 
-/// Measured seconds of each table layer run (its linear layers included, checkpoint excluded)
-/// next to the cost model's estimate for 2 CPU cores, which `pkn inspect` prints.
-fn print_layer_times(circuit: &Circuit, params: &FheParams, layer_secs: &[(usize, f64)]) {
+const MIB: f64 = (1u64 << 20) as f64;
+
+/// One table layer's run (its linear layers included, its checkpoint excluded), as process 0 saw
+/// it.
+struct LayerRun {
+    index: usize,
+    seconds: f64,
+    bytes_sent: u64,
+    exchange_seconds: f64,
+}
+
+/// Measured seconds of each table layer run next to the cost model's estimate for 2 CPU cores,
+/// which `pkn inspect` prints; with several processes, what process 0 exchanged in it.
+fn print_layer_times(circuit: &Circuit, params: &FheParams, layers: &[LayerRun], exchanges: bool) {
+    let exchange_header = if exchanges {
+        format!(" {:>9} {:>11}", "sent MiB", "exchange s")
+    } else {
+        String::new()
+    };
     println!(
-        "{:<12} {:>10} {:>11} {:>12} {:>9}",
+        "{:<12} {:>10} {:>11} {:>12} {:>9}{exchange_header}",
         "layer", "bootstraps", "measured s", "estimated s", "ratio"
     );
-    for &(i, secs) in layer_secs {
-        if let Layer::Requant(r) = &circuit.layers[i] {
+    for run in layers {
+        if let Layer::Requant(r) = &circuit.layers[run.index] {
             let estimate = r.estimated_seconds(params);
+            let exchange = if exchanges {
+                format!(" {:>9.1} {:>11.2}", run.bytes_sent as f64 / MIB, run.exchange_seconds)
+            } else {
+                String::new()
+            };
             println!(
-                "{:<12} {:>10} {:>11.1} {:>12.1} {:>9.2}",
+                "{:<12} {:>10} {:>11.1} {:>12.1} {:>9.2}{exchange}",
                 r.name,
                 r.bootstraps(),
-                secs,
+                run.seconds,
                 estimate,
-                secs / estimate
+                run.seconds / estimate
             );
         }
     }

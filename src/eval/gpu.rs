@@ -163,13 +163,14 @@ impl Bootstrapper for GpuEngine {
         &self,
         layer: &Requant,
         input: Ciphertexts,
+        first: usize,
         residual: Option<&DeferredAdd>,
         progress: Option<&ProgressBar>,
     ) -> Ciphertexts {
         let size = input.lwe_size().0;
         let luts = LayerLuts::new(&self.params, layer);
         let mut acc = input.into_container();
-        requant_rounds(layer, &luts, &mut acc, 0, residual, &mut |inputs, l, which| {
+        requant_rounds(layer, &luts, &mut acc, first, residual, &mut |inputs, l, which| {
             self.bootstrap(inputs, l, which, progress)
         });
         LweCiphertextList::from_container(acc, LweSize(size), native_modulus())

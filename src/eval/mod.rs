@@ -61,3 +61,5 @@ impl<T: Clone> Tensors<T> {
 }
 #[cfg(feature = "gpu")]
 pub mod gpu;
+#[cfg(feature = "mpi")]
+pub mod mpi;

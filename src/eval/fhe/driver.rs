@@ -5,6 +5,7 @@ use indicatif::ProgressBar;
 
 use super::linear::linear;
 use super::primitives::Engine;
+use super::processes::{own_slice, Processes, SingleProcess};
 use super::rounds::{Bootstrapper, DeferredAdd};
 use super::Ciphertexts;
 use crate::circuit::{Circuit, Layer};
@@ -44,11 +45,13 @@ impl EncryptedState {
     }
 }
 
-/// Run the layers from `state.next_layer` to the end; `after_requant` sees the state after each
-/// requant layer (the expensive ones), for example to checkpoint it. Returns the encrypted outputs.
+/// Run the layers from `state.next_layer` to the end, this process's slice of each layer shared
+/// with the other `processes`; `after_requant` sees the state after each requant layer (the
+/// expensive ones), for example to checkpoint it. Returns the encrypted outputs.
 pub fn resume<E>(
     circuit: &Circuit,
     engine: &dyn Bootstrapper,
+    processes: &dyn Processes,
     mut state: EncryptedState,
     progress: Option<&ProgressBar>,
     mut after_requant: impl FnMut(&EncryptedState) -> Result<(), E>,
@@ -58,20 +61,31 @@ pub fn resume<E>(
     let deferred = circuit.deferred_residuals();
     while state.next_layer < circuit.layers.len() {
         let i = state.next_layer;
-        state.step(circuit, &last_uses, |layer, x, held| match layer {
-            Layer::Linear(l) => {
-                let residual = match deferred[i] {
-                    Some(_) => None,
-                    None => l.residual.as_ref().map(|r| (held.get(r.from), enc[r.from])),
-                };
-                linear(l, &x, enc[l.input], residual, enc[i + 1])
-            }
-            Layer::Requant(r) => {
-                let add = i
-                    .checked_sub(1)
-                    .and_then(|linear| deferred[linear])
-                    .map(|res| DeferredAdd::new(res, r, held.get(res.from), enc[res.from]));
-                engine.requant(r, x, add.as_ref(), progress)
+        // A linear output read only by the requant after it stays sliced: the requant needs no
+        // other process's part of it, so the layer pair costs one exchange.
+        let stays_sliced = matches!(circuit.layers.get(i + 1), Some(Layer::Requant(_))) && last_uses[i + 1] == i + 1;
+        state.step(circuit, &last_uses, |layer, x, held| {
+            let len = layer.output_shape().len();
+            let mine = processes.slice(len);
+            let out = match layer {
+                Layer::Linear(l) => {
+                    let residual = match deferred[i] {
+                        Some(_) => None,
+                        None => l.residual.as_ref().map(|r| (held.get(r.from), enc[r.from])),
+                    };
+                    linear(l, &x, enc[l.input], residual, enc[i + 1], mine.clone())
+                }
+                Layer::Requant(r) => {
+                    let add = i
+                        .checked_sub(1)
+                        .and_then(|linear| deferred[linear])
+                        .map(|res| DeferredAdd::new(res, r, held.get(res.from), enc[res.from]));
+                    engine.requant(r, own_slice(x, &mine), mine.start, add.as_ref(), progress)
+                }
+            };
+            match layer {
+                Layer::Linear(_) if stays_sliced => out,
+                _ => processes.gather(out, len),
             }
         });
         if matches!(circuit.layers[i], Layer::Requant(_)) {
@@ -81,12 +95,12 @@ pub fn resume<E>(
     Ok(state.output())
 }
 
-/// Bootstraps done by the layers before `state.next_layer`.
-pub fn bootstraps_done(circuit: &Circuit, state: &EncryptedState) -> u64 {
-    circuit.layers[..state.next_layer.min(circuit.layers.len())]
+/// Bootstraps this process runs in the layers before `layer`: all of them when it runs alone.
+pub fn bootstraps_before(circuit: &Circuit, layer: usize, processes: &dyn Processes) -> u64 {
+    circuit.layers[..layer.min(circuit.layers.len())]
         .iter()
         .map(|l| match l {
-            Layer::Requant(r) => r.bootstraps(),
+            Layer::Requant(r) => r.pbs_per_activation() * processes.slice(r.shape.len()).len() as u64,
             Layer::Linear(_) => 0,
         })
         .sum()
@@ -104,10 +118,14 @@ pub fn run_on(
     input: Ciphertexts,
     progress: Option<&ProgressBar>,
 ) -> Ciphertexts {
-    let done: Result<_, std::convert::Infallible> =
-        resume(circuit, engine, EncryptedState::start(circuit, input), progress, |_| {
-            Ok(())
-        });
+    let done: Result<_, std::convert::Infallible> = resume(
+        circuit,
+        engine,
+        &SingleProcess,
+        EncryptedState::start(circuit, input),
+        progress,
+        |_| Ok(()),
+    );
     match done {
         Ok(out) => out,
         Err(never) => match never {},

@@ -1,5 +1,7 @@
 //! The leveled layers on ciphertexts: integer weighted sums, with no bootstrap.
 
+use std::ops::Range;
+
 use rayon::prelude::*;
 use tfhe::core_crypto::prelude::*;
 
@@ -11,12 +13,14 @@ use crate::params::native_modulus;
 /// A leveled layer on ciphertexts: wrapping integer sums, offsets and padding as plaintexts.
 /// `input` and the residual tensor are encoded with `input_bits` and `residual_bits`; the output
 /// with `output_bits` (at most either): each term is multiplied by 2^(its bits - output_bits).
+/// Computes the outputs `outputs` only (a process's slice; all of them: `0..len`).
 pub fn linear(
     layer: &Linear,
     input: &Ciphertexts,
     input_bits: u32,
     residual: Option<(&Ciphertexts, u32)>,
     output_bits: u32,
+    outputs: Range<usize>,
 ) -> Ciphertexts {
     let size = input.lwe_size().0;
     let src = input.as_ref();
@@ -25,8 +29,8 @@ pub fn linear(
         rescale(input_bits),
         residual.map(|(r, bits)| (r.as_ref(), rescale(bits))),
     );
-    let mut out = vec![0u64; layer.out_shape.len() * size];
-    out.par_chunks_mut(size).enumerate().for_each(|(o, dst)| {
+    let mut out = vec![0u64; outputs.len() * size];
+    out.par_chunks_mut(size).zip(outputs).for_each(|(dst, o)| {
         let c = layer.channel_of(o);
         let mut add = |ct: &[u64], w: u64| {
             for (d, s) in dst.iter_mut().zip(ct) {

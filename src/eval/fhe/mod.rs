@@ -11,22 +11,24 @@
 //! that each piece of key is used [`BATCH`] times while it is in cache.
 //!
 //! Modules, lowest first: [`primitives`] (batched keyswitch and bootstrap), [`luts`] (accumulators),
-//! [`rounds`] (a table layer's rounds, any backend), [`linear`], [`driver`] (the whole circuit,
-//! resumable), [`single`] (one ciphertext at a time, for tests and benchmarks).
+//! [`rounds`] (a table layer's rounds, any backend), [`linear`], [`processes`] (each layer split
+//! over the processes of one inference), [`driver`] (the whole circuit, resumable), [`single`] (one ciphertext at a time, for tests and benchmarks).
 
 pub mod driver;
 pub mod linear;
 pub mod luts;
 pub mod primitives;
+pub mod processes;
 pub mod rounds;
 pub mod single;
 
 use tfhe::core_crypto::prelude::LweCiphertextListOwned;
 
-pub use driver::{bootstraps_done, resume, run, run_on, EncryptedState};
+pub use driver::{bootstraps_before, resume, run, run_on, EncryptedState};
 pub use linear::linear;
 pub use luts::{LayerLuts, Luts, SplitLuts, StepLuts};
 pub use primitives::{batch_size, keyswitch_batch, Engine, Scratch, BATCH};
+pub use processes::{even_slice, share_state, Exchanged, Processes, SingleProcess};
 pub use rounds::{requant_rounds, Bootstrapper, DeferredAdd, Round};
 
 /// A tensor of LWE ciphertexts under the big key, one per value.

@@ -105,10 +105,13 @@ impl<'a> DeferredAdd<'a> {
 /// Runs the bootstraps of a requant layer (adding a deferred residual along the way). The CPU
 /// [`Engine`] is one; a GPU backend is another.
 pub trait Bootstrapper {
+    /// Requant activations `first..` of `layer` (all of them, or a process's slice), held in
+    /// `input`.
     fn requant(
         &self,
         layer: &Requant,
         input: Ciphertexts,
+        first: usize,
         residual: Option<&DeferredAdd>,
         progress: Option<&ProgressBar>,
     ) -> Ciphertexts;
@@ -119,6 +122,7 @@ impl Bootstrapper for Engine<'_> {
         &self,
         layer: &Requant,
         input: Ciphertexts,
+        first: usize,
         residual: Option<&DeferredAdd>,
         progress: Option<&ProgressBar>,
     ) -> Ciphertexts {
@@ -130,13 +134,20 @@ impl Bootstrapper for Engine<'_> {
         acc.par_chunks_mut(size * batch).enumerate().for_each_init(
             || self.scratch(),
             |scratch, (k, chunk)| {
-                requant_rounds(layer, &luts, chunk, k * batch, residual, &mut |inputs, l, which| {
-                    let out = self.bootstrap_batch(scratch, inputs, l, which);
-                    if let Some(bar) = progress {
-                        bar.inc((inputs.len() / size) as u64);
-                    }
-                    out
-                });
+                requant_rounds(
+                    layer,
+                    &luts,
+                    chunk,
+                    first + k * batch,
+                    residual,
+                    &mut |inputs, l, which| {
+                        let out = self.bootstrap_batch(scratch, inputs, l, which);
+                        if let Some(bar) = progress {
+                            bar.inc((inputs.len() / size) as u64);
+                        }
+                        out
+                    },
+                );
             },
         );
         LweCiphertextList::from_container(acc, LweSize(size), native_modulus())
