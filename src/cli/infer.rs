@@ -233,12 +233,10 @@ fn encrypted(a: &Args, circuit: &Circuit, processes: &dyn fhe::Processes) -> any
     let mut layers = Vec::new();
     let mut since = (Instant::now(), processes.exchanged());
     let outputs = fhe::resume(circuit, engine.as_ref(), processes, state, Some(&bar), |s| {
-        let exchanged = processes.exchanged();
         layers.push(LayerRun {
             index: s.next_layer - 1,
             seconds: since.0.elapsed().as_secs_f64(),
-            bytes_sent: exchanged.bytes_sent - since.1.bytes_sent,
-            exchange_seconds: exchanged.seconds - since.1.seconds,
+            exchanged: processes.exchanged().since(since.1),
         });
         let saved = match &opened {
             Some((_, checkpoints)) => checkpoints.save(s),
@@ -275,10 +273,11 @@ fn encrypted(a: &Args, circuit: &Circuit, processes: &dyn fhe::Processes) -> any
     if ranks > 1 {
         let exchanged = processes.exchanged();
         println!(
-            "exchanges: process 0 sent {:.1} MiB in {:.2} s of allgather, waiting included ({:.1} % of the run)",
+            "exchanges: process 0 sent {:.1} MiB in {:.2} s ({:.1} % of the run), and waited {:.2} s for slower processes",
             exchanged.bytes_sent as f64 / MIB,
-            exchanged.seconds,
-            100.0 * exchanged.seconds / secs
+            exchanged.transfer_seconds,
+            100.0 * exchanged.transfer_seconds / secs,
+            exchanged.waiting_seconds
         );
     }
     print_layer_times(circuit, &params, &layers, ranks > 1);
@@ -292,15 +291,14 @@ const MIB: f64 = (1u64 << 20) as f64;
 struct LayerRun {
     index: usize,
     seconds: f64,
-    bytes_sent: u64,
-    exchange_seconds: f64,
+    exchanged: fhe::Exchanged,
 }
 
 /// Measured seconds of each table layer run next to the cost model's estimate for 2 CPU cores,
 /// which `pkn inspect` prints; with several processes, what process 0 exchanged in it.
 fn print_layer_times(circuit: &Circuit, params: &FheParams, layers: &[LayerRun], exchanges: bool) {
     let exchange_header = if exchanges {
-        format!(" {:>9} {:>11}", "sent MiB", "exchange s")
+        format!(" {:>9} {:>10} {:>9}", "sent MiB", "transfer s", "waited s")
     } else {
         String::new()
     };
@@ -312,7 +310,13 @@ fn print_layer_times(circuit: &Circuit, params: &FheParams, layers: &[LayerRun],
         if let Layer::Requant(r) = &circuit.layers[run.index] {
             let estimate = r.estimated_seconds(params);
             let exchange = if exchanges {
-                format!(" {:>9.1} {:>11.2}", run.bytes_sent as f64 / MIB, run.exchange_seconds)
+                let e = run.exchanged;
+                format!(
+                    " {:>9.1} {:>10.2} {:>9.2}",
+                    e.bytes_sent as f64 / MIB,
+                    e.transfer_seconds,
+                    e.waiting_seconds
+                )
             } else {
                 String::new()
             };

@@ -81,7 +81,10 @@ impl Processes for MpiRanks {
         let counts: Vec<Count> = slices.iter().map(|s| mpi_count(s.len() * size)).collect();
         let displs: Vec<Count> = slices.iter().map(|s| mpi_count(s.start * size)).collect();
         let mut whole = vec![0u64; len * size];
+        // The barrier separates waiting for the slowest rank from moving the bytes.
         let start = Instant::now();
+        self.world.barrier();
+        let arrived = Instant::now();
         {
             let mut partition = PartitionMut::new(&mut whole[..], counts, displs);
             self.world.all_gather_varcount_into(mine.as_ref(), &mut partition);
@@ -89,7 +92,8 @@ impl Processes for MpiRanks {
         let before = self.exchanged.get();
         self.exchanged.set(Exchanged {
             bytes_sent: before.bytes_sent + (mine.as_ref().len() * 8 * (ranks - 1)) as u64,
-            seconds: before.seconds + start.elapsed().as_secs_f64(),
+            waiting_seconds: before.waiting_seconds + (arrived - start).as_secs_f64(),
+            transfer_seconds: before.transfer_seconds + arrived.elapsed().as_secs_f64(),
         });
         LweCiphertextList::from_container(whole, LweSize(size), native_modulus())
     }

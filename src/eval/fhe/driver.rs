@@ -61,9 +61,7 @@ pub fn resume<E>(
     let deferred = circuit.deferred_residuals();
     while state.next_layer < circuit.layers.len() {
         let i = state.next_layer;
-        // A linear output read only by the requant after it stays sliced: the requant needs no
-        // other process's part of it, so the layer pair costs one exchange.
-        let stays_sliced = matches!(circuit.layers.get(i + 1), Some(Layer::Requant(_))) && last_uses[i + 1] == i + 1;
+        let gathered = gathered_after(circuit, &last_uses, i);
         state.step(circuit, &last_uses, |layer, x, held| {
             let len = layer.output_shape().len();
             let mine = processes.slice(len);
@@ -83,9 +81,10 @@ pub fn resume<E>(
                     engine.requant(r, own_slice(x, &mine), mine.start, add.as_ref(), progress)
                 }
             };
-            match layer {
-                Layer::Linear(_) if stays_sliced => out,
-                _ => processes.gather(out, len),
+            if gathered {
+                processes.gather(out, len)
+            } else {
+                out
             }
         });
         if matches!(circuit.layers[i], Layer::Requant(_)) {
@@ -93,6 +92,15 @@ pub fn resume<E>(
         }
     }
     Ok(state.output())
+}
+
+/// Whether the processes gather layer `layer`'s output from their slices (`last_uses` is the
+/// circuit's). A linear output read only by the requant after it stays sliced: the requant needs
+/// no other process's part of it, so the layer pair costs one exchange.
+pub fn gathered_after(circuit: &Circuit, last_uses: &[usize], layer: usize) -> bool {
+    let feeds_only_its_requant =
+        matches!(circuit.layers.get(layer + 1), Some(Layer::Requant(_))) && last_uses[layer + 1] == layer + 1;
+    matches!(circuit.layers[layer], Layer::Requant(_)) || !feeds_only_its_requant
 }
 
 /// Bootstraps this process runs in the layers before `layer`: all of them when it runs alone.

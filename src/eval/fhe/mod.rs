@@ -24,7 +24,7 @@ pub mod single;
 
 use tfhe::core_crypto::prelude::LweCiphertextListOwned;
 
-pub use driver::{bootstraps_before, resume, run, run_on, EncryptedState};
+pub use driver::{bootstraps_before, gathered_after, resume, run, run_on, EncryptedState};
 pub use linear::linear;
 pub use luts::{LayerLuts, Luts, SplitLuts, StepLuts};
 pub use primitives::{batch_size, keyswitch_batch, Engine, Scratch, BATCH};

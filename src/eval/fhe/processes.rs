@@ -17,8 +17,21 @@ use crate::params::native_modulus;
 pub struct Exchanged {
     /// Bytes of this process's slices, counted once per other process that receives them.
     pub bytes_sent: u64,
-    /// Seconds spent in the exchanges, waiting for slower processes included.
-    pub seconds: f64,
+    /// Seconds spent waiting for the slower processes to reach each exchange.
+    pub waiting_seconds: f64,
+    /// Seconds spent moving the slices, once every process was there.
+    pub transfer_seconds: f64,
+}
+
+impl Exchanged {
+    /// What was exchanged since `before`.
+    pub fn since(self, before: Exchanged) -> Exchanged {
+        Exchanged {
+            bytes_sent: self.bytes_sent - before.bytes_sent,
+            waiting_seconds: self.waiting_seconds - before.waiting_seconds,
+            transfer_seconds: self.transfer_seconds - before.transfer_seconds,
+        }
+    }
 }
 
 /// The processes that share one inference, in rank order; process 0 reads the input and writes
