@@ -185,6 +185,7 @@ fn encrypted(a: &Args, circuit: &Circuit, processes: &dyn fhe::Processes) -> any
         anyhow::bail!("--gpu runs in a single process; start pkn infer --gpu without mpirun");
     }
     let params = circuit.fhe_params()?;
+    processes.check_circuit(circuit, params.big_lwe_dimension() + 1)?;
     let (key_ids, server_key) = load_server_key(a, circuit, &params)?;
     let opened = match processes.rank() {
         0 => Some(open_run(a, circuit, &params, key_ids)?),

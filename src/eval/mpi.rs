@@ -40,24 +40,9 @@ impl MpiRanks {
             _universe: universe,
         })
     }
-
-    /// Refuse a circuit with a tensor that an allgather cannot move in one call (MPI counts
-    /// elements in a C int), before any work.
-    pub fn check_fits(&self, circuit: &Circuit, lwe_size: usize) -> Result<()> {
-        for (i, layer) in circuit.layers.iter().enumerate() {
-            let words = layer.output_shape().len().saturating_mul(lwe_size);
-            if Count::try_from(words).is_err() {
-                return Err(Error::Mismatch(format!(
-                    "layer {i}'s output holds {words} 64-bit words, more than one MPI exchange can move ({})",
-                    Count::MAX
-                )));
-            }
-        }
-        Ok(())
-    }
 }
 
-/// `count` as MPI's element count; [`MpiRanks::check_fits`] has refused larger tensors.
+/// `count` as MPI's element count; `check_circuit` has refused larger tensors.
 fn mpi_count(count: usize) -> Count {
     Count::try_from(count).expect("tensor sizes were checked against MPI's counts")
 }
@@ -115,5 +100,19 @@ impl Processes for MpiRanks {
 
     fn abort(&self) -> ! {
         self.world.abort(1)
+    }
+
+    /// A tensor that one allgather cannot move (MPI counts elements in a C int) is refused.
+    fn check_circuit(&self, circuit: &Circuit, lwe_size: usize) -> Result<()> {
+        for (i, layer) in circuit.layers.iter().enumerate() {
+            let words = layer.output_shape().len().saturating_mul(lwe_size);
+            if Count::try_from(words).is_err() {
+                return Err(Error::Mismatch(format!(
+                    "layer {i}'s output holds {words} 64-bit words, more than one MPI exchange can move ({})",
+                    Count::MAX
+                )));
+            }
+        }
+        Ok(())
     }
 }

@@ -9,6 +9,7 @@ use tfhe::core_crypto::prelude::*;
 
 use super::driver::EncryptedState;
 use super::Ciphertexts;
+use crate::circuit::Circuit;
 use crate::error::{Error, Result};
 use crate::params::native_modulus;
 
@@ -55,6 +56,12 @@ pub trait Processes {
 
     /// Ends every process of the inference at once, after a failure on this one.
     fn abort(&self) -> !;
+
+    /// Refuses, before any work, a circuit these processes cannot exchange (ciphertexts of
+    /// `lwe_size` words).
+    fn check_circuit(&self, _circuit: &Circuit, _lwe_size: usize) -> Result<()> {
+        Ok(())
+    }
 
     /// The outputs `0..len` of a layer that this process computes.
     fn slice(&self, len: usize) -> Range<usize> {
