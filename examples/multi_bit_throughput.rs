@@ -6,7 +6,9 @@
 //! kernels (GGSW preparation, external product).
 //!
 //! `cargo run --release --example multi_bit_throughput -- [n] [base_log] [levels] [count] [g...]`
-//! (defaults: 918 23 1 40, no multi-bit); n must be a multiple of every g.
+//! (defaults: 918 23 1 40, no multi-bit); n must be a multiple of every g. `PKN_GLWE=KxN` sets the
+//! GLWE dimension and polynomial size (default 1x2048; 2x1024 and 4x512 keep the same 2,048-word
+//! big key).
 use pkn::eval::fhe::{keyswitch_batch, BATCH};
 use rayon::prelude::*;
 use std::time::Instant;
@@ -25,8 +27,10 @@ fn main() {
     let level: usize = args.get(3).map(|s| s.parse().unwrap()).unwrap_or(1);
     let count: usize = args.get(4).map(|s| s.parse().unwrap()).unwrap_or(40);
     let groupings: Vec<usize> = args.iter().skip(5).map(|s| s.parse().unwrap()).collect();
-    let poly = PolynomialSize(2048);
-    let glwe_dim = GlweDimension(1);
+    let glwe_shape = std::env::var("PKN_GLWE").unwrap_or_else(|_| "1x2048".into());
+    let (k, size) = glwe_shape.split_once('x').expect("PKN_GLWE is KxN");
+    let poly = PolynomialSize(size.parse().expect("N is a number"));
+    let glwe_dim = GlweDimension(k.parse().expect("K is a number"));
     let mut boxed = new_seeder();
     let seeder = boxed.as_mut();
     let mut sgen = SecretRandomGenerator::<DefaultRandomGenerator>::new(seeder.seed());
@@ -48,7 +52,7 @@ fn main() {
         })
         .collect();
     let lut = GlweCiphertextOwned::new(1u64 << 60, glwe_dim.to_glwe_size(), poly, modulus);
-    let log_mod = CiphertextModulusLog(12);
+    let log_mod = CiphertextModulusLog((2 * poly.0).trailing_zeros() as usize);
 
     // classic
     let bsk = par_allocate_and_generate_new_lwe_bootstrap_key(
@@ -89,7 +93,9 @@ fn main() {
         .collect();
     let classic = t.elapsed().as_secs_f64() / count as f64;
     println!(
-        "classic n={n} 2^{base}x{level}: {:.2} ms per PBS (2 threads) [{}]",
+        "classic n={n} k={} N={} 2^{base}x{level}: {:.2} ms per PBS (2 threads) [{}]",
+        glwe_dim.0,
+        poly.0,
         classic * 1e3,
         out[0] >> 60
     );
@@ -164,7 +170,8 @@ fn main() {
         .collect();
     let keyswitch = t.elapsed().as_secs_f64() / count as f64;
     println!(
-        "keyswitch 2048 -> {n}, 2^4x4: {:.2} ms each (2 threads), {:.2} of the classic blind rotation [{}]",
+        "keyswitch {} -> {n}, 2^4x4: {:.2} ms each (2 threads), {:.2} of the classic blind rotation [{}]",
+        glwe_dim.0 * poly.0,
         keyswitch * 1e3,
         keyswitch / classic,
         bodies[0] >> 60
