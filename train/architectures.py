@@ -59,15 +59,20 @@ def pkr_stages(in_planes, stages):
     return layers, source
 
 
-def pkr_stem(in_channels):
-    return [conv("conv1", in_channels, 64, 3, 1, 1), *pkn_bn("conv1.kernel_fn", "bn1")]
+def pkr_stem(in_channels, stride=1):
+    return [conv("conv1", in_channels, 64, 3, stride, 1), *pkn_bn("conv1.kernel_fn", "bn1")]
 
 
-def resnet18_pkn(q):
-    """PKR-18 with all four stages (64/128/256/512) on 1x28x28: 28 -> 14 -> 7 -> 4, pooled 4x4 to 512."""
+def resnet18_pkn(q, stem_stride=1):
+    """PKR-18 with all four stages (64/128/256/512) on 1x28x28: 28 -> 14 -> 7 -> 4, pooled 4x4 to 512.
+    A stride-2 stem, as ImageNet's ResNet-18 has, runs the stages at 14 -> 7 -> 4 -> 2 (pooled 2x2):
+    about 4 times fewer activations to bootstrap."""
     stages, _ = pkr_stages(64, [(64, 1), (128, 2), (256, 2), (512, 2)])
+    side = 28
+    for stride in [stem_stride, 1, 2, 2, 2]:  # 3x3 convolutions with padding 1
+        side = (side - 1) // stride + 1
     return fashion_mnist_model("resnet18-pkn", q, [
-        *pkr_stem(1), *stages, {"op": "avg_pool", "kernel": 4}, {"op": "flatten"},
+        *pkr_stem(1, stem_stride), *stages, {"op": "avg_pool", "kernel": side}, {"op": "flatten"},
         {"op": "dense", "name": "fc", "in_features": 512, "out_features": 10}])
 
 
