@@ -1,13 +1,16 @@
 //! Residual adds (PKR-18's basic blocks): a small residual PKN with an identity shortcut and a
 //! strided 1x1 kervolution shortcut, with deterministic pseudo-random weights, compiles, and its
-//! encrypted output equals the clear integer circuit bit for bit.
+//! encrypted output equals the clear integer circuit bit for bit, in one process and with each
+//! layer split over several (threads standing in for MPI ranks).
 
 mod common;
 
 use std::collections::HashMap;
+use std::sync::{Arc, Barrier, Mutex};
 
+use pkn::circuit::Circuit;
 use pkn::compile::{compile, CompileOptions};
-use pkn::eval::fhe;
+use pkn::eval::fhe::{self, Ciphertexts, EncryptedState, Exchanged, Processes};
 use pkn::keys::ClientKey;
 use pkn::model::parse_model;
 use safetensors::tensor::{Dtype, TensorView};
@@ -122,11 +125,15 @@ fn residual_model() -> Vec<u8> {
     safetensors::tensor::serialize(views, &Some(metadata)).unwrap()
 }
 
+fn residual_circuit() -> Circuit {
+    let model = parse_model(&residual_model()).unwrap();
+    compile(&model, &common::calibration()[..200], &CompileOptions::default()).unwrap()
+}
+
 #[test]
 fn residual_blocks_run_encrypted_exactly() {
-    let model = parse_model(&residual_model()).unwrap();
     let images = common::calibration();
-    let circuit = compile(&model, &images[..200], &CompileOptions::default()).unwrap();
+    let circuit = residual_circuit();
     let residuals = circuit
         .layers
         .iter()
@@ -159,4 +166,86 @@ fn a_residual_add_reading_an_unknown_layer_is_refused() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("residual add b1 reads b1c2"), "{err}");
+}
+
+/// Ranks of one inference as threads of this process: each gather puts every rank's slice on a
+/// shared board and reads them all back in rank order.
+struct ThreadRank {
+    rank: usize,
+    count: usize,
+    board: Arc<(Mutex<Vec<Vec<u64>>>, Barrier)>,
+}
+
+impl Processes for ThreadRank {
+    fn rank(&self) -> usize {
+        self.rank
+    }
+
+    fn count(&self) -> usize {
+        self.count
+    }
+
+    fn gather(&self, mine: Ciphertexts, len: usize) -> Ciphertexts {
+        let size = mine.lwe_size();
+        let (slices, barrier) = &*self.board;
+        slices.lock().unwrap()[self.rank] = mine.into_container();
+        barrier.wait();
+        let whole: Vec<u64> = slices.lock().unwrap().concat();
+        // Nobody writes the board again before everyone has read it.
+        barrier.wait();
+        assert_eq!(whole.len(), len * size.0, "the slices cover the tensor");
+        Ciphertexts::from_container(whole, size, pkn::params::native_modulus())
+    }
+
+    fn broadcast(&self, _bytes: Option<Vec<u8>>) -> Vec<u8> {
+        unreachable!("every rank starts from the same state here")
+    }
+
+    fn exchanged(&self) -> Exchanged {
+        Exchanged::default()
+    }
+
+    fn abort(&self) -> ! {
+        panic!("rank {} aborted", self.rank)
+    }
+}
+
+/// Three ranks each run their slices of the residual network (uneven slices and deferred residual
+/// adds included), and each ends with the whole output, which decrypts to the clear circuit's
+/// scores.
+#[test]
+fn residual_blocks_split_over_three_ranks_give_the_clear_result() {
+    let circuit = residual_circuit();
+    let (client, server) = ClientKey::generate(circuit.fhe_params().unwrap());
+    let key = server.expand();
+    let engine = fhe::Engine::new(&key);
+    let input = pkn::encoding::quantize_pixels(&common::calibration()[203], circuit.input.bits);
+    let cts = client
+        .encrypt(&input, circuit.input.encoding_bits)
+        .par_decompress_into_lwe_ciphertext_list();
+    let count = 3;
+    assert!(circuit.layers.iter().any(|l| l.output_shape().len() % count != 0));
+    assert!(circuit.deferred_residuals().iter().any(Option::is_some));
+    let board = Arc::new((Mutex::new(vec![Vec::new(); count]), Barrier::new(count)));
+    let outputs: Vec<Ciphertexts> = std::thread::scope(|scope| {
+        let runs: Vec<_> = (0..count)
+            .map(|rank| {
+                let processes = ThreadRank {
+                    rank,
+                    count,
+                    board: board.clone(),
+                };
+                let (circuit, engine, state) = (&circuit, &engine, EncryptedState::start(&circuit, cts.clone()));
+                scope.spawn(move || {
+                    let done: Result<_, ()> = fhe::resume(circuit, engine, &processes, state, None, |_| Ok(()));
+                    done.unwrap()
+                })
+            })
+            .collect();
+        runs.into_iter().map(|run| run.join().unwrap()).collect()
+    });
+    let clear = pkn::eval::clear::run(&circuit, &input);
+    for (rank, out) in outputs.iter().enumerate() {
+        assert_eq!(client.decrypt(out, circuit.output.bits), clear, "rank {rank}");
+    }
 }
