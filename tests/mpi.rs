@@ -9,15 +9,25 @@ use std::process::{Child, Command, Output, Stdio};
 
 use common::cli::{ok, prediction, sample};
 
-/// `mpirun -n 2 pkn ARGS` in `dir`, one thread per process; `--oversubscribe` so that it runs on
-/// any machine, and root allowed (CI runs as root).
+/// `mpirun -n 2 pkn ARGS` in `dir`: [`mpirun_each`] with the same arguments on both ranks.
 fn mpirun(dir: &Path, args: &[&str]) -> Command {
+    mpirun_each(dir, &[args, args])
+}
+
+/// `mpirun` of one `pkn` rank per element of `ranks`, each with its own arguments, in `dir`, one
+/// thread per rank; `--oversubscribe` so that it runs on any machine, and root allowed (CI runs as
+/// root).
+fn mpirun_each(dir: &Path, ranks: &[&[&str]]) -> Command {
     let mut cmd = Command::new("mpirun");
-    cmd.args(["-n", "2", "--oversubscribe", "--bind-to", "none"])
-        .args(["-x", "PKN_WEIGHTS", "-x", "RAYON_NUM_THREADS"])
-        .arg(env!("CARGO_BIN_EXE_pkn"))
-        .args(args)
-        .current_dir(dir)
+    cmd.args(["--oversubscribe", "--bind-to", "none"])
+        .args(["-x", "PKN_WEIGHTS", "-x", "RAYON_NUM_THREADS"]);
+    for (i, args) in ranks.iter().enumerate() {
+        if i > 0 {
+            cmd.arg(":");
+        }
+        cmd.args(["-n", "1", env!("CARGO_BIN_EXE_pkn")]).args(*args);
+    }
+    cmd.current_dir(dir)
         .env("PKN_WEIGHTS", Path::new(env!("CARGO_MANIFEST_DIR")).join("weights"))
         .env("RAYON_NUM_THREADS", "1")
         .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
@@ -81,20 +91,44 @@ fn two_processes_give_the_single_process_result_and_resume_after_a_kill() {
     assert_eq!(prediction(&ok(d, &["infer", "--clear", &img])), one);
 }
 
-/// A process that fails ends every process at once, with its message, and no output is written.
+/// The job fails, says which process failed and why, and leaves no output.
+fn assert_job_fails(dir: &Path, job: Command, needles: &[&str]) {
+    let failed = run(job);
+    let err = text(&failed.stderr);
+    assert!(!failed.status.success(), "the job should fail");
+    for needle in needles {
+        assert!(err.contains(needle), "expected {needle:?} in {err:?}");
+    }
+    assert!(!dir.join("output.ct").exists(), "a failed job left an output");
+}
+
+/// A process that fails ends every process at once, with its message, and no output is written:
+/// process 0 (which reads the input) or another one (which only reads the key).
 #[test]
 fn a_failing_process_ends_the_job_without_an_output() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     ok(d, &["keygen"]);
+    ok(d, &["encrypt", &sample("test-1-pullover.png")]);
     // The same key's parameters, another circuit: process 0 refuses the input.
-    ok(d, &["encrypt", "--worst-case", &sample("test-1-pullover.png")]);
-    let failed = run(mpirun(d, &["infer"]));
-    let err = text(&failed.stderr);
-    assert!(!failed.status.success(), "the job should fail");
-    assert!(
-        err.contains("error on process 0 of 2:") && err.contains("encrypted for another model"),
-        "unexpected error {err:?}"
+    ok(
+        d,
+        &[
+            "encrypt",
+            "--worst-case",
+            &sample("test-1-pullover.png"),
+            "-o",
+            "other.ct",
+        ],
     );
-    assert!(!d.join("output.ct").exists(), "a failed job left an output");
+    assert_job_fails(
+        d,
+        mpirun(d, &["infer", "-i", "other.ct"]),
+        &["error on process 0 of 2:", "encrypted for another model"],
+    );
+    assert_job_fails(
+        d,
+        mpirun_each(d, &[&["infer"], &["infer", "--server-key", "missing.key"]]),
+        &["error on process 1 of 2:", "missing.key"],
+    );
 }
