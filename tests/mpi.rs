@@ -103,7 +103,7 @@ fn assert_job_fails(dir: &Path, job: Command, needles: &[&str]) {
 }
 
 /// A process that fails ends every process at once, with its message, and no output is written:
-/// process 0 (which reads the input) or another one (which only reads the key).
+/// process 0 (which reads the input) or another one (which reads the key and compiles the model).
 #[test]
 fn a_failing_process_ends_the_job_without_an_output() {
     let dir = tempfile::tempdir().unwrap();
@@ -130,5 +130,11 @@ fn a_failing_process_ends_the_job_without_an_output() {
         d,
         mpirun_each(d, &[&["infer"], &["infer", "--server-key", "missing.key"]]),
         &["error on process 1 of 2:", "missing.key"],
+    );
+    // Another compile option on process 1: another circuit, whose slices would not fit.
+    assert_job_fails(
+        d,
+        mpirun_each(d, &[&["infer"], &["infer", "--worst-case"]]),
+        &["error on process 1 of 2:", "process 0 has circuit"],
     );
 }

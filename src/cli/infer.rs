@@ -128,6 +128,28 @@ fn load_server_key(a: &Args, circuit: &Circuit, params: &FheParams) -> anyhow::R
     Ok((key_ids, server_key))
 }
 
+/// Every process must have compiled the same circuit and loaded the same key as process 0, or the
+/// slices they exchange would not fit together: a machine with other weights or another key is
+/// refused before any work.
+fn check_same_circuit_and_key(processes: &dyn fhe::Processes, circuit: &Circuit, key_ids: Ids) -> anyhow::Result<()> {
+    if processes.count() == 1 {
+        return Ok(());
+    }
+    let mine = [circuit.id(), key_ids.key].concat();
+    let root = processes.broadcast((processes.rank() == 0).then(|| mine.clone()));
+    if root != mine {
+        anyhow::bail!(
+            "this process has circuit {} and key {}, process 0 has circuit {} and key {}; every process needs \
+             the same model, compile options and server key",
+            hex(&mine[..16]),
+            hex(&mine[16..]),
+            hex(&root[..16.min(root.len())]),
+            hex(&root[16.min(root.len())..])
+        );
+    }
+    Ok(())
+}
+
 /// What process 0 alone reads and holds: the encrypted input, checked against the model and the
 /// key, and the checkpoints of the output, resumed from when they fit.
 fn open_run(
@@ -187,6 +209,7 @@ fn encrypted(a: &Args, circuit: &Circuit, processes: &dyn fhe::Processes) -> any
     let params = circuit.fhe_params()?;
     processes.check_circuit(circuit, params.big_lwe_dimension() + 1)?;
     let (key_ids, server_key) = load_server_key(a, circuit, &params)?;
+    check_same_circuit_and_key(processes, circuit, key_ids)?;
     let opened = match processes.rank() {
         0 => Some(open_run(a, circuit, &params, key_ids)?),
         _ => None,
