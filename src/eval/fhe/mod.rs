@@ -12,7 +12,8 @@
 //!
 //! Modules, lowest first: [`primitives`] (batched keyswitch and bootstrap), [`luts`] (accumulators),
 //! [`rounds`] (a table layer's rounds, any backend), [`linear`], [`processes`] (each layer split
-//! over the processes of one inference), [`driver`] (the whole circuit, resumable), [`single`] (one ciphertext at a time, for tests and benchmarks).
+//! over the processes of one inference), [`driver`] (the whole circuit, resumable), [`single`]
+//! (one ciphertext at a time, for tests and benchmarks).
 
 pub mod driver;
 pub mod linear;
