@@ -22,6 +22,8 @@ import torch.nn.functional as F
 DEFAULT_WIDTH = 4
 # Significant bits kept in a residual gain (src/compile/quantize.rs RESIDUAL_GAIN_BITS).
 RESIDUAL_GAIN_BITS = 6
+# Largest residual gain, as a power of two (src/compile/quantize.rs RESIDUAL_GAIN_MAX_BITS).
+RESIDUAL_GAIN_MAX_BITS = 9
 
 
 def layer_width(setting, name):
@@ -71,13 +73,14 @@ def quantize_weight(w, bits, per_tensor):
 
 def quantize_weight_residual(w, bits, unit):
     """Weights of a layer whose accumulator adds a residual tensor (src/compile/quantize.rs
-    quantize_rows_for_residual): per-row units of `unit / H`, H = clamp(floor(unit qmax / max|w|), 1, 2^20)
+    quantize_rows_for_residual): per-row units of `unit / H`, H = clamp(floor(unit qmax / max|w|), 1,
+    2^RESIDUAL_GAIN_MAX_BITS)
     with only its RESIDUAL_GAIN_BITS highest bits kept, unclamped weights. Returns the integer
     weights, their scales and the gains H."""
     qmax = float((1 << (bits - 1)) - 1)
     rows = w.reshape(w.shape[0], -1)
     m = rows.detach().abs().amax(dim=1).clamp(min=1e-12)
-    gain = torch.clamp(torch.floor(unit * qmax / m), 1, 2 ** 20)
+    gain = torch.clamp(torch.floor(unit * qmax / m), 1, 2 ** RESIDUAL_GAIN_MAX_BITS)
     _, exponent = torch.frexp(gain)  # gain = mantissa * 2^exponent, mantissa in [0.5, 1): its bit length
     drop = 2.0 ** torch.clamp(exponent - RESIDUAL_GAIN_BITS, min=0).to(gain.dtype)
     gain = torch.floor(gain / drop) * drop

@@ -238,6 +238,8 @@ def main():
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--stem-stride", type=int, default=1, choices=[1, 2],
                    help="resnet18-pkn: stride of the stem convolution (2: stages at 14x14 down to 2x2)")
+    p.add_argument("--stage1-stride", type=int, default=1, choices=[1, 2],
+                   help="resnet18-pkn: stride of stage 1's first block (2 with --stem-stride 2: stages at 7x7 down to 1x1)")
     p.add_argument("--augment", action="store_true", help="random flips and 2-pixel shifts of the training images")
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--teacher", help="distil from this model file's float network (for example "
@@ -261,9 +263,10 @@ def main():
     torch.manual_seed(a.seed)
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", os.cpu_count() or 1)))
     q = quantization(a.input_bits, a.weight_bits, a.act_bits, a.margin, a.act_clip, a.lut_bits)
-    if a.stem_stride != 1 and a.model != "resnet18-pkn":
-        p.error("--stem-stride applies to resnet18-pkn only")
-    arch = ZOO[a.model](q, stem_stride=a.stem_stride) if a.model == "resnet18-pkn" else ZOO[a.model](q)
+    strides = dict(stem_stride=a.stem_stride, stage1_stride=a.stage1_stride)
+    if strides != dict(stem_stride=1, stage1_stride=1) and a.model != "resnet18-pkn":
+        p.error("--stem-stride and --stage1-stride apply to resnet18-pkn only")
+    arch = ZOO[a.model](q, **strides) if a.model == "resnet18-pkn" else ZOO[a.model](q)
     xtr = torch.from_numpy(read_idx(find_idx(a.data, "train-images-idx3-ubyte")).copy())
     ytr = torch.from_numpy(read_idx(find_idx(a.data, "train-labels-idx1-ubyte")).astype(np.int64))
     xte = torch.from_numpy(read_idx(find_idx(a.data, "t10k-images-idx3-ubyte")).copy())

@@ -21,8 +21,9 @@ use crate::params::FheParams;
 /// are split tables, whose index wraps modulo 2^5 outside the window. 4: residual gains keep
 /// their 6 highest bits (networks without residual adds compile to the same integers as in 3).
 /// 5: a split table's last truncation step also removes the table's lowest bit, and the table
-/// outputs what a direct one would (the sign of the padding bit included).
-pub const CIRCUIT_VERSION: u32 = 5;
+/// outputs what a direct one would (the sign of the padding bit included). 6: residual gains are
+/// at most 2^9 (again, networks without residual adds compile to the same integers).
+pub const CIRCUIT_VERSION: u32 = 6;
 
 /// Channels, height, width.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -40,6 +40,14 @@ fn quantize_rows(weights: &[f64], rows: usize, bits: u32, per_tensor: bool) -> (
 /// most 2^-(RESIDUAL_GAIN_BITS - 1) of their resolution.
 pub const RESIDUAL_GAIN_BITS: u32 = 6;
 
+/// Largest residual gain H_c, as a power of two. A branch whose weights are small next to the
+/// residual would otherwise get a gain of up to 2^20 and an accumulator window about as wide as
+/// log2(H_c) + 4 bits, every one of them paid in truncation steps and in the noise the window's
+/// input may carry (resnet18-pkn's last block reached 20 bits, beyond any parameter set). At
+/// 2^9 the branch keeps a resolution of 1/512 of one residual level, and the residual alone spans
+/// 13 bits; a branch too weak for that resolution rounds to zero weights.
+pub const RESIDUAL_GAIN_MAX_BITS: u32 = 9;
+
 /// `gain` with all but its `bits` highest significant bits cleared.
 fn keep_significant_bits(gain: i64, bits: u32) -> i64 {
     let drop = (64 - gain.leading_zeros()).saturating_sub(bits);
@@ -47,8 +55,8 @@ fn keep_significant_bits(gain: i64, bits: u32) -> i64 {
 }
 
 /// Per-row weights in units of `unit / H_c` (`unit` = s_r / s_in), H_c the largest integer >= 1
-/// that keeps them within b bits (unclamped when even H_c = 1 exceeds them), with only its
-/// [`RESIDUAL_GAIN_BITS`] highest bits kept. Returns the integer weights, their scales and the gains.
+/// that keeps them within b bits (unclamped when even H_c = 1 exceeds them), at most
+/// 2^[`RESIDUAL_GAIN_MAX_BITS`], with only its [`RESIDUAL_GAIN_BITS`] highest bits kept. Returns the integer weights, their scales and the gains.
 fn quantize_rows_for_residual(weights: &[f64], rows: usize, bits: u32, unit: f64) -> (Vec<i64>, Vec<f64>, Vec<i64>) {
     let qmax = ((1i64 << (bits - 1)) - 1) as f64;
     let row_len = weights.len() / rows;
@@ -58,7 +66,7 @@ fn quantize_rows_for_residual(weights: &[f64], rows: usize, bits: u32, unit: f64
     for row in weights.chunks(row_len) {
         let max_abs = row.iter().fold(0f64, |m, w| m.max(w.abs())).max(1e-12);
         let gain = keep_significant_bits(
-            ((unit * qmax / max_abs).floor() as i64).clamp(1, 1 << 20),
+            ((unit * qmax / max_abs).floor() as i64).clamp(1, 1 << RESIDUAL_GAIN_MAX_BITS),
             RESIDUAL_GAIN_BITS,
         );
         let scale = unit / gain as f64;
@@ -279,13 +287,12 @@ mod tests {
         assert_eq!(keep_significant_bits(45, 6), 45);
         assert_eq!(keep_significant_bits(1, 6), 1);
         assert_eq!(keep_significant_bits(1 << 20, 6), 1 << 20);
-        let (q, scales, gains) = quantize_rows_for_residual(&[0.5, -0.25, 0.01, 0.02], 2, 4, 1000.0);
-        assert_eq!(
-            gains,
-            vec![keep_significant_bits(14_000, 6), keep_significant_bits(350_000, 6)]
-        );
+        let (q, scales, gains) = quantize_rows_for_residual(&[0.05, -0.025, 0.001, 0.002], 2, 4, 1.0);
+        assert_eq!(gains, vec![keep_significant_bits(140, 6), 1 << RESIDUAL_GAIN_MAX_BITS]);
         assert!(q.iter().all(|w| w.abs() <= 7), "{q:?}");
-        assert_eq!(scales[0], 1000.0 / gains[0] as f64);
+        assert_eq!(scales[0], 1.0 / gains[0] as f64);
+        // The capped row keeps the resolution the cap allows: 0.001 / (1 / 512) = 0.512, rounded.
+        assert_eq!(&q[2..], &[1, 1]);
     }
 
     #[test]
