@@ -28,6 +28,7 @@ if __package__ in (None, ""):  # run as a file, not with -m: import the package 
 
 from train.architectures import ZOO, quantization
 from train.pknq import QNet
+from train.resume import Checkpoint
 
 DATA = "/usr/share/datasets/fashion-mnist"
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -188,17 +189,21 @@ def train_epoch(model, opt, xtr, ytr, lr, frozen, a, soft=None):
         opt.step()
 
 
-def train_phase(model, a, xtr, ytr, epochs, lr_of_epoch, frozen, before=None, after=None, soft=None):
-    """`epochs` epochs at learning rate `lr_of_epoch(e)`, with a fresh Adam every epoch (how tiny-pkn and
-    cnn-pkn were trained), or one for the whole phase with --keep-optimizer. `before()` runs before
-    each epoch, `after(e)` after epoch e."""
-    opt = None
-    for epoch in range(epochs):
+def train_phase(model, a, xtr, ytr, ckpt, phase, epochs, lr_of_epoch, frozen, before=None, after=None, soft=None):
+    """`epochs` epochs of `phase` at learning rate `lr_of_epoch(e)`, with a fresh Adam every epoch (how
+    tiny-pkn and cnn-pkn were trained), or one for the whole phase with --keep-optimizer; the epochs
+    the checkpoint `ckpt` holds are skipped. `before()` runs before each epoch, `after(e)` after epoch e."""
+    opt, start = None, ckpt.epochs_done(phase, epochs)
+    for epoch in range(start, epochs):
         if opt is None or not a.keep_optimizer:
             opt = torch.optim.Adam(model.parameters())
+            saved = ckpt.optimizer_state(phase) if epoch == start and a.keep_optimizer else None
+            if saved is not None:
+                opt.load_state_dict(saved)
         if before:
             before()
         train_epoch(model, opt, xtr, ytr, lr_of_epoch(epoch), frozen, a, soft)
+        ckpt.save(phase, epoch + 1, model, opt)
         if after:
             after(epoch + 1)
 
@@ -257,6 +262,8 @@ def main():
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data", default=DATA)
     p.add_argument("--out", default=None, help="where the model is written (default train/out/MODEL.safetensors)")
+    p.add_argument("--checkpoint", help="save the run here after every epoch, and resume from it when it exists "
+                   "(the same command again continues a stopped run)")
     a = p.parse_args()
     if a.teacher and a.augment:
         p.error("--teacher labels the training images as they are: it cannot be combined with --augment")
@@ -285,6 +292,8 @@ def main():
     if a.init:
         model.load_pkn_tensors(read_safetensors(a.init)[1])
     model.to(a.device)
+    ckpt = Checkpoint(a.checkpoint, a)
+    ckpt.restore(model)
     model.set_float(True)
 
     def float_epoch_done(epoch):
@@ -292,17 +301,17 @@ def main():
         if a.save_float:  # a checkpoint per epoch: long runs may be cut off
             save_safetensors(model.state_dict_for_pkn(), a.save_float, meta)
 
-    train_phase(model, a, xtr, ytr, a.float_epochs, lambda e: cosine(a.float_lr or a.lr, e, a.float_epochs), False,
+    train_phase(model, a, xtr, ytr, ckpt, "float", a.float_epochs, lambda e: cosine(a.float_lr or a.lr, e, a.float_epochs), False,
                 after=float_epoch_done, soft=soft)
     model.set_float(False)
     if a.ptq_accuracy:
         print(f"post-training quantization of the float model: integer-circuit test accuracy "
               f"{integer_accuracy(model, calib, xte, yte):.4f}", flush=True)
         model.float()
-    train_phase(model, a, xtr, ytr, a.epochs, lambda e: cosine(a.lr, e, a.epochs), False,
+    train_phase(model, a, xtr, ytr, ckpt, "phase1", a.epochs, lambda e: cosine(a.lr, e, a.epochs), False,
                 after=lambda e: print(f"phase 1 epoch {e}: test accuracy (moving windows) "
                                       f"{accuracy(model, xte, yte):.4f}", flush=True), soft=soft)
-    train_phase(model, a, xtr, ytr, a.finetune, lambda e: a.lr * 0.05, True, before=lambda: model.calibrate(calib),
+    train_phase(model, a, xtr, ytr, ckpt, "phase2", a.finetune, lambda e: a.lr * 0.05, True, before=lambda: model.calibrate(calib),
                 after=lambda e: print(f"phase 2 epoch {e}: done", flush=True), soft=soft)
     if a.export_margin is not None:
         arch["quantization"]["window_margin"] = a.export_margin
