@@ -43,9 +43,9 @@ pub const RESIDUAL_GAIN_BITS: u32 = 6;
 /// Largest residual gain H_c, as a power of two. A branch whose weights are small next to the
 /// residual would otherwise get a gain of up to 2^20 and an accumulator window about as wide as
 /// log2(H_c) + 4 bits, every one of them paid in truncation steps and in the noise the window's
-/// input may carry (resnet18-pkn's last block reached 20 bits, beyond any parameter set). At
-/// 2^9 the branch keeps a resolution of 1/512 of one residual level, and the residual alone spans
-/// 13 bits; a branch too weak for that resolution rounds to zero weights.
+/// input may carry (a stride-2-stem resnet18-pkn's last block reached 20 bits, beyond any
+/// parameter set). At 2^9 the branch keeps a resolution of 1/512 of one residual level, and the
+/// residual alone spans 13 bits; a branch too weak for that resolution rounds to zero weights.
 pub const RESIDUAL_GAIN_MAX_BITS: u32 = 9;
 
 /// `gain` with all but its `bits` highest significant bits cleared.

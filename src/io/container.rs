@@ -56,9 +56,9 @@ impl Kind {
     }
 
     /// Largest payload of this kind read, refused before the file is read into memory: well
-    /// above the largest legitimate one (server key: 120 MB for tiny-pkn and cnn-pkn, about
-    /// 271 MB with resnet18-pkn's 2^5 x 8 bootstrap key; checkpoint: 16 KB per value of the
-    /// widest layer).
+    /// above the largest legitimate one (server key: 120 MB for tiny-pkn and cnn-pkn, 241 MB
+    /// for resnet18-pkn's 2^6 x 7 bootstrap key, about 271 MB for the finest, 2^5 x 8;
+    /// checkpoint: 16 KB per value of the widest layer).
     pub fn max_payload(self) -> u64 {
         match self {
             Kind::ClientKey => 1 << 20,
