@@ -12,6 +12,9 @@ import torch
 
 PHASES = ("float", "phase1", "phase2")
 
+# What the file holds and in which layout; a file of another format or version is refused.
+FORMAT, VERSION = "pkn-train-checkpoint", 1
+
 # Options that do not change what is trained: they may differ between a run and its resumption.
 FREE_OPTIONS = {"checkpoint", "out", "save_float", "device", "teacher_logits"}
 
@@ -22,7 +25,13 @@ class Checkpoint:
         self.options = {k: v for k, v in sorted(vars(options).items()) if k not in FREE_OPTIONS}
         self.state = None
         if path and os.path.exists(path):
-            self.state = torch.load(path, map_location="cpu", weights_only=False)
+            try:  # weights_only: tensors and plain values, never code
+                self.state = torch.load(path, map_location="cpu", weights_only=True)
+            except Exception as e:
+                raise SystemExit(f"{path} cannot be read as a {FORMAT} file ({e}): give another --checkpoint")
+            kind = (self.state.get("format"), self.state.get("version")) if isinstance(self.state, dict) else None
+            if kind != (FORMAT, VERSION):
+                raise SystemExit(f"{path} is not a {FORMAT} file of version {VERSION}: give another --checkpoint")
             if self.state["options"] != self.options:
                 differ = sorted(k for k in self.options if self.state["options"].get(k) != self.options[k])
                 raise SystemExit(f"{path} was written by a run with other options ({', '.join(differ)}): "
@@ -56,8 +65,8 @@ class Checkpoint:
         if not self.path:
             return
         self.state = {
-            "options": self.options, "phase": phase, "epochs": epochs, "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(), "rng": torch.get_rng_state(),
+            "format": FORMAT, "version": VERSION, "options": self.options, "phase": phase, "epochs": epochs,
+            "model": model.state_dict(), "optimizer": optimizer.state_dict(), "rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
         }
         os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)

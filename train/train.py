@@ -217,7 +217,7 @@ def integer_accuracy(model, calib, xte, yte):
 
 
 def cosine(lr, epoch, total):
-    return lr * 0.5 * (1 + np.cos(np.pi * epoch / max(total, 1)))
+    return float(lr * 0.5 * (1 + np.cos(np.pi * epoch / max(total, 1))))
 
 
 def main():
@@ -301,8 +301,8 @@ def main():
         if a.save_float:  # a checkpoint per epoch: long runs may be cut off
             save_safetensors(model.state_dict_for_pkn(), a.save_float, meta)
 
-    train_phase(model, a, xtr, ytr, ckpt, "float", a.float_epochs, lambda e: cosine(a.float_lr or a.lr, e, a.float_epochs), False,
-                after=float_epoch_done, soft=soft)
+    train_phase(model, a, xtr, ytr, ckpt, "float", a.float_epochs,
+                lambda e: cosine(a.float_lr or a.lr, e, a.float_epochs), False, after=float_epoch_done, soft=soft)
     model.set_float(False)
     if a.ptq_accuracy:
         print(f"post-training quantization of the float model: integer-circuit test accuracy "
@@ -311,8 +311,9 @@ def main():
     train_phase(model, a, xtr, ytr, ckpt, "phase1", a.epochs, lambda e: cosine(a.lr, e, a.epochs), False,
                 after=lambda e: print(f"phase 1 epoch {e}: test accuracy (moving windows) "
                                       f"{accuracy(model, xte, yte):.4f}", flush=True), soft=soft)
-    train_phase(model, a, xtr, ytr, ckpt, "phase2", a.finetune, lambda e: a.lr * 0.05, True, before=lambda: model.calibrate(calib),
-                after=lambda e: print(f"phase 2 epoch {e}: done", flush=True), soft=soft)
+    train_phase(model, a, xtr, ytr, ckpt, "phase2", a.finetune, lambda e: a.lr * 0.05, True,
+                before=lambda: model.calibrate(calib), after=lambda e: print(f"phase 2 epoch {e}: done", flush=True),
+                soft=soft)
     if a.export_margin is not None:
         arch["quantization"]["window_margin"] = a.export_margin
         meta["architecture"] = json.dumps(arch)
