@@ -35,22 +35,21 @@ pub struct ClientKey {
     glwe_key: GlweSecretKeyOwned<u64>,
 }
 
-/// The evaluation key as stored: seeded (compressed) bootstrap and keyswitch keys.
+/// The evaluation key as stored: seeded (compressed) bootstrap keys, one per
+/// [`FheParams::keys`] entry in that order, and the keyswitch key.
 #[derive(Serialize, Deserialize)]
 pub struct ServerKey {
     pub params: FheParams,
     pub key_id: KeyId,
-    bootstrap_key: SeededLweBootstrapKeyOwned<u64>,
-    cheap_bootstrap_key: SeededLweBootstrapKeyOwned<u64>,
+    bootstrap_keys: Vec<SeededLweBootstrapKeyOwned<u64>>,
     keyswitch_key: SeededLweKeyswitchKeyOwned<u64>,
 }
 
-/// The evaluation key ready for computation: decompressed, bootstrap key in the Fourier domain.
+/// The evaluation key ready for computation: decompressed, bootstrap keys in the Fourier domain.
 pub struct EvaluationKey {
     pub params: FheParams,
     pub key_id: KeyId,
-    pub bootstrap_key: FourierLweBootstrapKeyOwned,
-    pub cheap_bootstrap_key: FourierLweBootstrapKeyOwned,
+    bootstrap_keys: Vec<FourierLweBootstrapKeyOwned>,
     pub keyswitch_key: LweKeyswitchKeyOwned<u64>,
 }
 
@@ -59,17 +58,14 @@ pub struct EvaluationKey {
 pub struct StandardEvaluationKey {
     pub params: FheParams,
     pub key_id: KeyId,
-    pub bootstrap_key: LweBootstrapKeyOwned<u64>,
-    pub cheap_bootstrap_key: LweBootstrapKeyOwned<u64>,
+    /// One per [`FheParams::keys`] entry, in that order.
+    pub bootstrap_keys: Vec<LweBootstrapKeyOwned<u64>>,
     pub keyswitch_key: LweKeyswitchKeyOwned<u64>,
 }
 
 impl EvaluationKey {
     pub fn bootstrap_key(&self, which: Bootstrap) -> &FourierLweBootstrapKeyOwned {
-        match which {
-            Bootstrap::Precise => &self.bootstrap_key,
-            Bootstrap::Cheap => &self.cheap_bootstrap_key,
-        }
+        &self.bootstrap_keys[self.params.key_index(which)]
     }
 }
 
@@ -90,7 +86,7 @@ impl ClientKey {
             PolynomialSize(params.polynomial_size),
             &mut secret_gen,
         );
-        let mut bootstrap_key = |which| {
+        let bootstrap_key = |which, seeder: &mut dyn Seeder| {
             let (base_log, level) = params.decomposition(which);
             par_allocate_and_generate_new_seeded_lwe_bootstrap_key(
                 &small_key,
@@ -99,10 +95,14 @@ impl ClientKey {
                 DecompositionLevelCount(level),
                 DynamicDistribution::<u64>::new_t_uniform(params.glwe_noise_bound_log2),
                 native_modulus(),
-                &mut *seeder,
+                seeder,
             )
         };
-        let (bootstrap_key, cheap_bootstrap_key) = (bootstrap_key(Bootstrap::Precise), bootstrap_key(Bootstrap::Cheap));
+        let bootstrap_keys = params
+            .keys()
+            .into_iter()
+            .map(|which| bootstrap_key(which, &mut *seeder))
+            .collect();
         let keyswitch_key = allocate_and_generate_new_seeded_lwe_keyswitch_key(
             &glwe_key.as_lwe_secret_key(),
             &small_key,
@@ -123,8 +123,7 @@ impl ClientKey {
             ServerKey {
                 params,
                 key_id,
-                bootstrap_key,
-                cheap_bootstrap_key,
+                bootstrap_keys,
                 keyswitch_key,
             },
         )
@@ -197,10 +196,17 @@ impl ServerKey {
     /// parameters: [`ServerKey::expand`] would otherwise index, allocate or panic by them.
     pub fn check(&self) -> Result<()> {
         let p = known_params(&self.params, "server key")?;
-        for (which, bsk) in [
-            (Bootstrap::Precise, &self.bootstrap_key),
-            (Bootstrap::Cheap, &self.cheap_bootstrap_key),
-        ] {
+        if self.bootstrap_keys.len() != p.keys().len() {
+            return Err(Error::malformed(
+                "server key",
+                format!(
+                    "{} bootstrap keys, parameters say {}",
+                    self.bootstrap_keys.len(),
+                    p.keys().len()
+                ),
+            ));
+        }
+        for (which, bsk) in p.keys().into_iter().zip(&self.bootstrap_keys) {
             let (base_log, level) = p.decomposition(which);
             let found = (
                 bsk.glwe_size().0,
@@ -257,8 +263,11 @@ impl ServerKey {
         StandardEvaluationKey {
             params: self.params,
             key_id: self.key_id,
-            bootstrap_key: self.bootstrap_key.par_decompress_into_lwe_bootstrap_key(),
-            cheap_bootstrap_key: self.cheap_bootstrap_key.par_decompress_into_lwe_bootstrap_key(),
+            bootstrap_keys: self
+                .bootstrap_keys
+                .into_iter()
+                .map(|k| k.par_decompress_into_lwe_bootstrap_key())
+                .collect(),
             keyswitch_key: self.keyswitch_key.par_decompress_into_lwe_keyswitch_key(),
         }
     }
@@ -267,13 +276,15 @@ impl ServerKey {
     /// each standard key dropped once converted, so that the peak holds one key twice
     /// ([`FheParams::expanding_key_bytes`]) rather than every key twice.
     pub fn expand(self) -> EvaluationKey {
-        let bootstrap_key = to_fourier(&self.bootstrap_key.par_decompress_into_lwe_bootstrap_key());
-        let cheap_bootstrap_key = to_fourier(&self.cheap_bootstrap_key.par_decompress_into_lwe_bootstrap_key());
+        let bootstrap_keys = self
+            .bootstrap_keys
+            .into_iter()
+            .map(|k| to_fourier(&k.par_decompress_into_lwe_bootstrap_key()))
+            .collect();
         EvaluationKey {
             params: self.params,
             key_id: self.key_id,
-            bootstrap_key,
-            cheap_bootstrap_key,
+            bootstrap_keys,
             keyswitch_key: self.keyswitch_key.par_decompress_into_lwe_keyswitch_key(),
         }
     }
@@ -281,7 +292,7 @@ impl ServerKey {
 
 /// `params` if it is one of the sets pkn generates keys for.
 fn known_params(params: &FheParams, what: &'static str) -> Result<FheParams> {
-    if FheParams::candidates().contains(params) {
+    if FheParams::known_sets().contains(params) {
         Ok(*params)
     } else {
         Err(Error::malformed(
@@ -350,8 +361,10 @@ mod tests {
         ServerKey {
             params: PARAMS,
             key_id: [0; 16],
-            bootstrap_key: seeded_bsk(bsk_inputs, PARAMS.decomposition(Bootstrap::Precise)),
-            cheap_bootstrap_key: seeded_bsk(PARAMS.lwe_dimension, PARAMS.decomposition(Bootstrap::Cheap)),
+            bootstrap_keys: vec![
+                seeded_bsk(bsk_inputs, PARAMS.decomposition(Bootstrap::Precise)),
+                seeded_bsk(PARAMS.lwe_dimension, PARAMS.decomposition(Bootstrap::Cheap)),
+            ],
             keyswitch_key: SeededLweKeyswitchKey::new(
                 0,
                 DecompositionBaseLog(PARAMS.ks_base_log),
@@ -369,8 +382,12 @@ mod tests {
         let err = server_key(1, PARAMS.ks_level).check().unwrap_err().to_string();
         assert!(err.contains("malformed server key: Precise bootstrap key"), "{err}");
         let mut key = server_key(1, PARAMS.ks_level);
-        key.bootstrap_key = seeded_bsk(PARAMS.lwe_dimension, PARAMS.decomposition(Bootstrap::Precise));
+        key.bootstrap_keys[0] = seeded_bsk(PARAMS.lwe_dimension, PARAMS.decomposition(Bootstrap::Precise));
         key.check().unwrap();
+        let cheap = key.bootstrap_keys.pop().expect("two keys");
+        let err = key.check().unwrap_err().to_string();
+        assert!(err.contains("1 bootstrap keys, parameters say 2"), "{err}");
+        key.bootstrap_keys.push(cheap);
         key.keyswitch_key = server_key(1, PARAMS.ks_level + 1).keyswitch_key;
         let err = key.check().unwrap_err().to_string();
         assert!(err.contains("keyswitch key"), "{err}");
@@ -382,12 +399,14 @@ mod tests {
     #[test]
     fn expanded_key_takes_the_bytes_the_memory_estimate_counts() {
         let mut key = server_key(PARAMS.lwe_dimension, PARAMS.ks_level);
-        key.bootstrap_key = seeded_bsk(PARAMS.lwe_dimension, PARAMS.decomposition(Bootstrap::Precise));
-        let seeded_cheap = key.cheap_bootstrap_key.as_ref().len() as u64 * 8;
+        key.bootstrap_keys[0] = seeded_bsk(PARAMS.lwe_dimension, PARAMS.decomposition(Bootstrap::Precise));
+        let seeded_cheap = key.bootstrap_keys[1].as_ref().len() as u64 * 8;
         let expanded = key.expand();
         let fourier = |k: &FourierLweBootstrapKeyOwned| k.as_view().data().len() as u64 * 16;
-        let precise = fourier(&expanded.bootstrap_key);
-        let bytes = precise + fourier(&expanded.cheap_bootstrap_key) + expanded.keyswitch_key.as_ref().len() as u64 * 8;
+        let precise = fourier(expanded.bootstrap_key(Bootstrap::Precise));
+        let bytes = precise
+            + fourier(expanded.bootstrap_key(Bootstrap::Cheap))
+            + expanded.keyswitch_key.as_ref().len() as u64 * 8;
         assert_eq!(bytes, PARAMS.expanded_key_bytes());
         // Expanding holds the precise key standard and in the Fourier domain, the cheap one seeded.
         assert_eq!(2 * precise + seeded_cheap, PARAMS.expanding_key_bytes());

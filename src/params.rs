@@ -2,9 +2,10 @@
 //!
 //! All sets share tfhe's stock `PARAM_MESSAGE_2_CARRY_2_KS_PBS_TUNIFORM_2M128` keys (n = 918,
 //! k = 1, N = 2048, TUniform noise, keyswitch 2^4 x 4), which fixes their security level; they
-//! differ only in the bootstrap decomposition, which trades bootstrap cost for output noise.
-//! Every set carries two bootstrap keys over the same secret keys: a precise one (the set's own
-//! decomposition) for the tables, and tfhe's stock 2^23 x 1 one for the truncation steps whose
+//! differ only in the bootstrap decompositions, which trade bootstrap cost for output noise.
+//! Every set carries up to three bootstrap keys over the same secret keys: a precise one for the
+//! tables whose consumers need the least noise, optionally a medium one for the tables whose
+//! consumers tolerate more, and tfhe's stock 2^23 x 1 one for the truncation steps and tables whose
 //! successors tolerate its noisier output.
 //! Variances are in torus units (the torus is [0, 1)), computed with tfhe's own noise formulas.
 
@@ -49,18 +50,34 @@ pub struct FheParams {
     /// Decomposition of the cheap bootstrap key used by truncation steps.
     pub cheap_pbs_base_log: usize,
     pub cheap_pbs_level: usize,
+    /// Decomposition of the medium bootstrap key, for the tables of layers whose consumers
+    /// tolerate more noise than the precise key's; equal to the precise one when the set has no
+    /// medium key ([`FheParams::has_medium_key`]).
+    pub medium_pbs_base_log: usize,
+    pub medium_pbs_level: usize,
 }
 
-/// Which of the two bootstrap keys a bootstrap uses.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// Which bootstrap key a bootstrap uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Bootstrap {
     Precise,
+    Medium,
     Cheap,
 }
 
+/// The decompositions (base log, level count) the compiler chooses precise and medium keys from,
+/// cheapest first: the best base per level count (docs/parameters.md).
+pub const DECOMPOSITIONS: [(usize, usize); 7] = [(23, 1), (15, 2), (12, 3), (10, 4), (8, 5), (6, 7), (5, 8)];
+
 impl FheParams {
-    /// tfhe's stock 2_2 keys with the given bootstrap decomposition.
+    /// tfhe's stock 2_2 keys with the given precise bootstrap decomposition and no medium key.
     pub const fn stock_2_2_with_pbs(pbs_base_log: usize, pbs_level: usize) -> Self {
+        Self::stock_2_2_with_keys((pbs_base_log, pbs_level), (pbs_base_log, pbs_level))
+    }
+
+    /// tfhe's stock 2_2 keys with the given precise and medium decompositions.
+    pub const fn stock_2_2_with_keys(precise: (usize, usize), medium: (usize, usize)) -> Self {
+        let ((pbs_base_log, pbs_level), (medium_pbs_base_log, medium_pbs_level)) = (precise, medium);
         FheParams {
             lwe_dimension: 918,
             glwe_dimension: 1,
@@ -73,25 +90,67 @@ impl FheParams {
             ks_level: 4,
             cheap_pbs_base_log: 23,
             cheap_pbs_level: 1,
+            medium_pbs_base_log,
+            medium_pbs_level,
         }
     }
 
-    /// The sets the compiler chooses from, cheapest first.
+    /// The precise keys the compiler chooses from, cheapest first, each without a medium key.
     pub fn candidates() -> [FheParams; 7] {
-        [
-            Self::stock_2_2_with_pbs(23, 1),
-            Self::stock_2_2_with_pbs(15, 2),
-            Self::stock_2_2_with_pbs(12, 3),
-            Self::stock_2_2_with_pbs(10, 4),
-            Self::stock_2_2_with_pbs(8, 5),
-            Self::stock_2_2_with_pbs(6, 7),
-            Self::stock_2_2_with_pbs(5, 8),
-        ]
+        DECOMPOSITIONS.map(|(base_log, level)| Self::stock_2_2_with_pbs(base_log, level))
+    }
+
+    /// This set with a medium key of `medium`; none if `medium` is the cheap or the precise
+    /// decomposition, or not cheaper than the precise one.
+    pub fn with_medium(&self, medium: (usize, usize)) -> Option<FheParams> {
+        let keeps = medium.1 > self.cheap_pbs_level && medium.1 < self.pbs_level;
+        keeps.then_some(FheParams {
+            medium_pbs_base_log: medium.0,
+            medium_pbs_level: medium.1,
+            ..*self
+        })
+    }
+
+    /// Every set pkn generates keys for: each candidate, alone or with each cheaper medium key.
+    pub fn known_sets() -> Vec<FheParams> {
+        Self::candidates()
+            .into_iter()
+            .flat_map(|p| std::iter::once(p).chain(DECOMPOSITIONS.into_iter().filter_map(move |m| p.with_medium(m))))
+            .collect()
+    }
+
+    /// Whether the set has a medium bootstrap key of its own.
+    pub fn has_medium_key(&self) -> bool {
+        self.decomposition(Bootstrap::Medium) != self.decomposition(Bootstrap::Precise)
+    }
+
+    /// The keys a server key of this set holds, precise first.
+    pub fn keys(&self) -> Vec<Bootstrap> {
+        let medium = self.has_medium_key().then_some(Bootstrap::Medium);
+        [Some(Bootstrap::Precise), medium, Some(Bootstrap::Cheap)]
+            .into_iter()
+            .flatten()
+            .collect()
+    }
+
+    /// Where `which`'s key is in [`FheParams::keys`]: a set without a medium key runs medium
+    /// bootstraps on its precise key.
+    pub fn key_index(&self, which: Bootstrap) -> usize {
+        match which {
+            Bootstrap::Precise => 0,
+            Bootstrap::Medium => usize::from(self.has_medium_key()),
+            Bootstrap::Cheap => self.keys().len() - 1,
+        }
     }
 
     pub fn name(&self) -> String {
+        let medium = if self.has_medium_key() {
+            format!("+2^{}x{}", self.medium_pbs_base_log, self.medium_pbs_level)
+        } else {
+            String::new()
+        };
         format!(
-            "n{}-k{}-N{}-pbs2^{}x{}+2^{}x{}-ks2^{}x{}",
+            "n{}-k{}-N{}-pbs2^{}x{}{medium}+2^{}x{}-ks2^{}x{}",
             self.lwe_dimension,
             self.glwe_dimension,
             self.polynomial_size,
@@ -108,8 +167,15 @@ impl FheParams {
     pub fn decomposition(&self, which: Bootstrap) -> (usize, usize) {
         match which {
             Bootstrap::Precise => (self.pbs_base_log, self.pbs_level),
+            Bootstrap::Medium => (self.medium_pbs_base_log, self.medium_pbs_level),
             Bootstrap::Cheap => (self.cheap_pbs_base_log, self.cheap_pbs_level),
         }
+    }
+
+    /// Short name of a key's decomposition, as `pkn inspect` prints it.
+    pub fn key_label(&self, which: Bootstrap) -> String {
+        let (base_log, level) = self.decomposition(which);
+        format!("2^{base_log}x{level}")
     }
 
     /// Dimension of the big LWE key (the GLWE key read as an LWE key), under which every
@@ -130,18 +196,32 @@ impl FheParams {
         (self.lwe_dimension as u64) * glwe * glwe * level as u64 * self.polynomial_size as u64 * 8
     }
 
-    /// Bytes of the evaluation key as the CPU engine holds it during a run: both bootstrap keys
+    /// Bytes of the evaluation key as the CPU engine holds it during a run: every bootstrap key
     /// in the Fourier domain and the keyswitch key.
     pub fn expanded_key_bytes(&self) -> u64 {
         let keyswitch = self.big_lwe_dimension() as u64 * self.ks_level as u64 * (self.lwe_dimension as u64 + 1) * 8;
-        self.bootstrap_key_bytes(self.pbs_level) + self.bootstrap_key_bytes(self.cheap_pbs_level) + keyswitch
+        self.keys()
+            .into_iter()
+            .map(|which| self.bootstrap_key_bytes(self.decomposition(which).1))
+            .sum::<u64>()
+            + keyswitch
     }
 
-    /// Bytes held at the worst moment of expanding the key (`ServerKey::expand`): the precise
-    /// bootstrap key in both forms beside the cheap one still seeded.
+    /// Bytes held at the worst moment of expanding the key (`ServerKey::expand`, one bootstrap
+    /// key at a time in [`FheParams::keys`] order): the keys done in the Fourier domain, the one
+    /// expanding in both forms, the rest still seeded.
     pub fn expanding_key_bytes(&self) -> u64 {
-        2 * self.bootstrap_key_bytes(self.pbs_level)
-            + self.bootstrap_key_bytes(self.cheap_pbs_level) / (self.glwe_dimension as u64 + 1)
+        let keys = self.keys();
+        let bytes = |which| self.bootstrap_key_bytes(self.decomposition(which).1);
+        let seeded = |which| bytes(which) / (self.glwe_dimension as u64 + 1);
+        (0..keys.len())
+            .map(|i| {
+                let done: u64 = keys[..i].iter().map(|&w| bytes(w)).sum();
+                let rest: u64 = keys[i + 1..].iter().map(|&w| seeded(w)).sum();
+                done + 2 * bytes(keys[i]) + rest
+            })
+            .max()
+            .unwrap_or(0)
     }
 
     /// log2 of 2N, the modulus the ciphertext is switched to before blind rotation.
@@ -251,6 +331,22 @@ mod tests {
             assert!(pair[1].pbs_output_variance(p) < pair[0].pbs_output_variance(p));
             assert!(pair[1].relative_pbs_cost(p) > pair[0].relative_pbs_cost(p));
         }
+    }
+
+    #[test]
+    fn medium_keys_sit_between_the_cheap_and_precise_ones() {
+        let p = FheParams::stock_2_2_with_pbs(10, 4);
+        assert_eq!(p.keys(), vec![Bootstrap::Precise, Bootstrap::Cheap]);
+        assert_eq!(p.key_index(Bootstrap::Medium), 0);
+        assert!(p.with_medium((23, 1)).is_none() && p.with_medium((10, 4)).is_none());
+        assert!(p.with_medium((8, 5)).is_none());
+        let m = p.with_medium((15, 2)).expect("2 levels sit between 1 and 4");
+        assert_eq!(m.keys(), vec![Bootstrap::Precise, Bootstrap::Medium, Bootstrap::Cheap]);
+        assert_eq!((m.key_index(Bootstrap::Medium), m.key_index(Bootstrap::Cheap)), (1, 2));
+        assert_eq!(m.name(), "n918-k1-N2048-pbs2^10x4+2^15x2+2^23x1-ks2^4x4");
+        assert!(FheParams::known_sets().contains(&m));
+        // 7 keys alone, and each with the keys of fewer levels above the cheap one: 0 + 0 + 1 + ... + 5.
+        assert_eq!(FheParams::known_sets().len(), 7 + 15);
     }
 
     #[test]

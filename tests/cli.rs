@@ -139,7 +139,7 @@ fn table_widths_per_layer_come_from_the_model() {
         serde_json::json!({"conv2": 5}),
     );
     let out = ok(d, &["inspect", "--model", "mixed.safetensors"]);
-    let widths: Vec<(&str, &str)> = table_rows(&out).iter().map(|f| (f[0], f[f.len() - 4])).collect();
+    let widths: Vec<(&str, &str)> = table_rows(&out).iter().map(|f| (f[0], f[f.len() - 5])).collect();
     assert_eq!(widths, [("conv1", "4"), ("conv2", "5")], "{out}");
     // The command line overrides the model for every layer.
     let out = ok(d, &["inspect", "--model", "mixed.safetensors", "--lut-bits", "3"]);
@@ -182,7 +182,7 @@ fn table_rows(inspect: &str) -> Vec<Vec<&str>> {
 fn window_bits(inspect: &str) -> Vec<u32> {
     table_rows(inspect)
         .iter()
-        .map(|f| f[f.len() - 5].parse().unwrap())
+        .map(|f| f[f.len() - 6].parse().unwrap())
         .collect()
 }
 
@@ -222,7 +222,8 @@ fn inspect_json_agrees_with_the_text() {
     assert_eq!(acc_bits, window_bits(&text), "{report}");
     for (row, layer) in table_rows(&text).iter().zip(&tables) {
         assert_eq!(row[0], layer["name"], "{text}");
-        assert_eq!(row[row.len() - 3], layer["bootstraps"].to_string(), "{text}");
+        assert_eq!(row[row.len() - 4], layer["bootstraps"].to_string(), "{text}");
+        assert_eq!(row[row.len() - 3], layer["table_key"], "{text}");
     }
     let chosen = report["parameters"]["name"].as_str().unwrap();
     assert!(text.contains(&format!("parameters: {chosen} (")), "{text}");

@@ -51,9 +51,10 @@ fn real_activations(engine: &Engine, client: &ClientKey, acc_bits: u32) -> (Vec<
     (activations, weights, base)
 }
 
-/// The 2^12 x 3 key set: its parameters, the client key and the expanded evaluation key.
+/// The 2^12 x 3 key set with a 2^15 x 2 medium key: its parameters, the client key and the
+/// expanded evaluation key.
 fn keys() -> (FheParams, ClientKey, EvaluationKey) {
-    let params = FheParams::stock_2_2_with_pbs(12, 3);
+    let params = FheParams::stock_2_2_with_keys((12, 3), (15, 2));
     let (client, key) = common::expanded_keys(params);
     (params, client, key)
 }
@@ -110,6 +111,7 @@ fn every_truncation_step_and_table_output_match_the_clear_values() {
             output_encoding_bits: 8,
             output_bits: 4,
             steps: Vec::new(),
+            table_key: Bootstrap::Precise,
         };
         let (activations, weights, base) = real_activations(&engine, &client, acc_bits);
         let norm2: i64 = weights.iter().map(|w| w * w).sum();
@@ -181,23 +183,37 @@ fn every_truncation_step_and_table_output_match_the_clear_values() {
 /// a 2-bit digit with the table's bit, single bits): the whole layer, FHE against clear.
 #[test]
 fn split_tables_match_the_clear_values_on_every_index() {
+    tables_on_every_index(5, &[5, 9], Bootstrap::Precise);
+}
+
+/// Direct and split tables on the medium and the cheap key, which layers whose consumers tolerate
+/// more noise use: the whole layer, FHE against clear.
+#[test]
+fn tables_on_the_medium_and_cheap_keys_match_the_clear_values() {
+    for key in [Bootstrap::Medium, Bootstrap::Cheap] {
+        tables_on_every_index(4, &[9], key);
+        tables_on_every_index(5, &[9], key);
+    }
+}
+
+fn tables_on_every_index(lut_bits: u32, acc_widths: &[u32], table_key: Bootstrap) {
     let (params, client, key) = keys();
     let engine = Engine::new(&key);
-    let lut_bits = 5u32;
+    let entries = 1i64 << lut_bits;
     // Two channels with signed outputs whose halves differ by odd amounts (half units in M and D).
     let tables: Vec<Vec<i64>> = (0..2i64)
-        .map(|c| (0..32).map(|t| (t * (7 + 2 * c) + 3) % 23 - 9).collect())
+        .map(|c| (0..entries).map(|t| (t * (7 + 2 * c) + 3) % 23 - 9).collect())
         .collect();
-    for acc_bits in [5u32, 9] {
+    for &acc_bits in acc_widths {
         let shift = acc_bits - lut_bits;
         let (activations, weights, base) = real_activations(&engine, &client, acc_bits);
         let step = 1i64 << shift;
         let window = 1i64 << acc_bits;
-        let mut targets: Vec<i64> = (0..32).flat_map(|t| [t * step, t * step + step - 1]).collect();
+        let mut targets: Vec<i64> = (0..entries).flat_map(|t| [t * step, t * step + step - 1]).collect();
         targets.extend([-1, -step, window, window + 3 * step - 1, 2 * window - 1]);
         let per_channel = targets.len();
         let mut requant = Requant {
-            name: "split".into(),
+            name: "table".into(),
             shape: Shape {
                 channels: 2,
                 height: 1,
@@ -209,18 +225,19 @@ fn split_tables_match_the_clear_values_on_every_index() {
             output_encoding_bits: 7,
             output_bits: 4,
             steps: Vec::new(),
+            table_key,
         };
         let norm2: i64 = weights.iter().map(|w| w * w).sum();
         let var = params.pbs_output_variance(Bootstrap::Precise) * norm2 as f64;
         let planned = plan_steps(&requant, var, &params, None).expect("the planner finds an exact plan");
-        let forced: &[&[u32]] = if shift == 0 {
+        let forced: &[&[u32]] = if shift == 0 || lut_bits < 5 || table_key != Bootstrap::Precise {
             &[]
         } else {
             &[&[4, 1], &[2, 3], &[1, 1, 1, 1, 1]]
         };
         let plans = std::iter::once(planned).chain(forced.iter().map(|bits| steps(bits, true)));
         for plan in plans {
-            assert_eq!(plan.iter().map(|s| s.bits).sum::<u32>(), shift + 1);
+            assert_eq!(plan.iter().map(|s| s.bits).sum::<u32>(), requant.truncated_bits());
             requant.steps = plan;
             let mut container = Vec::new();
             let mut accs = Vec::new();
@@ -232,7 +249,7 @@ fn split_tables_match_the_clear_values_on_every_index() {
             }
             check_requant(&engine, &client, &requant, container, None, &accs, &|i| {
                 format!(
-                    "B={acc_bits} steps {:?} channel {} accumulator {}",
+                    "B={acc_bits} W={lut_bits} table key {table_key:?} steps {:?} channel {} accumulator {}",
                     requant.steps,
                     i / per_channel,
                     accs[i]
@@ -296,6 +313,7 @@ fn deferred_residual_on_edge_values(lut_bits: u32) {
             output_encoding_bits: 8,
             output_bits: 4,
             steps: Vec::new(),
+            table_key: Bootstrap::Precise,
         };
         let identity: Vec<i64> = (0..16).collect();
         let lut = engine.table_accumulator(&identity, residual_bits);

@@ -22,8 +22,9 @@ use crate::params::FheParams;
 /// their 6 highest bits (networks without residual adds compile to the same integers as in 3).
 /// 5: a split table's last truncation step also removes the table's lowest bit, and the table
 /// outputs what a direct one would (the sign of the padding bit included). 6: residual gains are
-/// at most 2^9 (again, networks without residual adds compile to the same integers).
-pub const CIRCUIT_VERSION: u32 = 6;
+/// at most 2^9 (again, networks without residual adds compile to the same integers). 7: each
+/// table layer names the key of its table's bootstraps (the same integers).
+pub const CIRCUIT_VERSION: u32 = 7;
 
 /// Channels, height, width.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -314,7 +315,7 @@ impl Circuit {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     fn shape(channels: usize) -> Shape {
@@ -339,7 +340,7 @@ mod tests {
     }
 
     /// Dense 2 -> 2, a table layer (B = 6, W = 4, two bits removed in one step), dense 2 -> 2.
-    fn small_circuit() -> Circuit {
+    pub(crate) fn small_circuit() -> Circuit {
         Circuit {
             version: CIRCUIT_VERSION,
             name: "small".into(),
@@ -362,6 +363,7 @@ mod tests {
                         bits: 2,
                         precise: false,
                     }],
+                    table_key: crate::params::Bootstrap::Precise,
                 }),
                 dense("fc2", 2, 2, 2),
             ],

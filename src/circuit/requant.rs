@@ -36,6 +36,9 @@ pub struct Requant {
     /// How the low bits are removed, lowest first ([`Requant::truncated_bits`] of them); set by
     /// the parameter choice. Affects cost and noise only, never the result.
     pub steps: Vec<TruncStep>,
+    /// Key of the table's bootstraps: the cheapest whose output noise every consumer of the layer
+    /// tolerates; set by the parameter choice. Affects cost and noise only, never the result.
+    pub table_key: Bootstrap,
 }
 
 /// One exact truncation step: removes `bits` (1 to 5) low bits of the accumulator ([`StepKind`]).
@@ -173,8 +176,8 @@ impl Requant {
 
     /// Relative cost of one activation in stock bootstraps.
     pub fn relative_cost(&self, params: &FheParams) -> f64 {
-        let precise = params.relative_pbs_cost(Bootstrap::Precise);
-        self.steps_cost(&self.steps, params) + precise * self.table_pbs_per_activation() as f64
+        let table = params.relative_pbs_cost(self.table_key);
+        self.steps_cost(&self.steps, params) + table * self.table_pbs_per_activation() as f64
     }
 
     /// Relative cost of `steps` in this layer, in stock bootstraps.

@@ -57,6 +57,8 @@ struct LayerRow {
     table_bits: Option<u32>,
     split_table: Option<bool>,
     truncation_steps: Vec<Step>,
+    /// Decomposition of the key the table's bootstraps use, as "2^12x3".
+    table_key: Option<String>,
     bootstraps: u64,
     log2_pfail: Option<f64>,
     estimated_seconds: Option<f64>,
@@ -68,6 +70,8 @@ struct Step {
     precise: bool,
     /// The last step before a split table, which also reads the table's lowest bit.
     reads_table_bit: bool,
+    /// Decomposition of the key of each of the step's bootstraps, in the order they run.
+    keys: Vec<String>,
 }
 
 #[derive(Serialize)]
@@ -125,7 +129,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         Some(_) => all.last().expect("there are candidates").planned(&compiled),
     };
     let params = c.params.expect("planned circuits carry parameters");
-    let noise = noise::analyse(&c, &params);
+    let noise = noise::analyse(&c, &noise::LinearNorms::of(&c), &params);
     let mut pfails = noise.layers.iter().map(|n| n.log2_pfail);
     let layers = c
         .layers
@@ -238,6 +242,7 @@ fn linear_row(c: &Circuit, l: &Linear) -> LayerRow {
         table_bits: None,
         split_table: None,
         truncation_steps: Vec::new(),
+        table_key: None,
         bootstraps: 0,
         log2_pfail: None,
         estimated_seconds: None,
@@ -253,6 +258,7 @@ fn table_row(r: &Requant, params: &FheParams, log2_pfail: f64) -> LayerRow {
             bits: s.bits,
             precise: s.precise,
             reads_table_bit: rule.keeps_bit,
+            keys: rule.keys().map(|key| params.key_label(key)).collect(),
         })
         .collect();
     let split = if r.split_table() { "split " } else { "" };
@@ -268,6 +274,7 @@ fn table_row(r: &Requant, params: &FheParams, log2_pfail: f64) -> LayerRow {
         table_bits: Some(r.lut_bits),
         split_table: Some(r.split_table()),
         truncation_steps: steps,
+        table_key: Some(params.key_label(r.table_key)),
         bootstraps: r.bootstraps(),
         log2_pfail: Some(log2_pfail),
         estimated_seconds: Some(r.estimated_seconds(params)),
@@ -309,14 +316,20 @@ impl fmt::Display for Report {
         )?;
         writeln!(
             f,
-            "{:<10} {:<32} {:>10} {:>6} {:>5} {:>10} {:>12} {:>8}",
-            "layer", "operation", "outputs", "B", "W", "PBS", "log2 p-fail", "est. s"
+            "{:<10} {:<32} {:>10} {:>6} {:>5} {:>10} {:>9} {:>12} {:>8}",
+            "layer", "operation", "outputs", "B", "W", "PBS", "table key", "log2 p-fail", "est. s"
         )?;
         for l in &self.layers {
-            match (l.acc_bits, l.table_bits, l.log2_pfail, l.estimated_seconds) {
-                (Some(b), Some(w), Some(pfail), Some(secs)) => writeln!(
+            match (
+                l.acc_bits,
+                l.table_bits,
+                l.log2_pfail,
+                l.estimated_seconds,
+                &l.table_key,
+            ) {
+                (Some(b), Some(w), Some(pfail), Some(secs), Some(key)) => writeln!(
                     f,
-                    "{:<10} {:<32} {:>10} {b:>6} {w:>5} {:>10} {pfail:>12.1} {secs:>8.1}",
+                    "{:<10} {:<32} {:>10} {b:>6} {w:>5} {:>10} {key:>9} {pfail:>12.1} {secs:>8.1}",
                     l.name, l.operation, l.outputs, l.bootstraps
                 )?,
                 _ => writeln!(f, "{:<10} {:<32} {:>10}", l.name, l.operation, l.outputs)?,

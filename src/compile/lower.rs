@@ -18,6 +18,7 @@ use crate::encoding::quantize_pixels;
 use crate::error::{Error, Result};
 use crate::eval::clear;
 use crate::model::{Model, Node, Widths};
+use crate::params::Bootstrap;
 
 /// The model's nodes as circuit layers, each window planned and each table fused on the way
 /// (a layer's calibration values depend on the tables before it); the output layer last.
@@ -371,6 +372,7 @@ fn requantize(
         output_encoding_bits: 0,
         output_bits: act_bits,
         steps: Vec::new(),
+        table_key: Bootstrap::Precise,
     };
     let linear = lin.layer;
     // What the clear evaluator computes on each calibration image: the gained accumulators plus

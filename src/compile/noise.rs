@@ -10,7 +10,7 @@
 //! into the truncation adds its noise piece by piece, each before the step that first reads it.
 
 use crate::circuit::{Circuit, Layer, Requant, Residual, StepKind, TruncStep};
-use crate::params::{log2_gaussian_two_sided_tail, Bootstrap, FheParams, LOG2_PFAIL_LIMIT};
+use crate::params::{log2_gaussian_two_sided_tail, FheParams, LOG2_PFAIL_LIMIT};
 
 /// The worst bootstrap of one table layer.
 #[derive(Clone, Debug)]
@@ -136,9 +136,10 @@ pub fn requant_log2_pfail(
     }
 }
 
-/// Noise of a table layer's outputs: one precise bootstrap's, or the sum of a split table's two.
+/// Noise of a table layer's outputs: one bootstrap's on the table's key, or the sum of a split
+/// table's two.
 pub fn table_output_variance(r: &Requant, params: &FheParams) -> f64 {
-    let one = params.pbs_output_variance(Bootstrap::Precise);
+    let one = params.pbs_output_variance(r.table_key);
     if r.split_table() {
         2.0 * one
     } else {
@@ -197,12 +198,43 @@ pub fn plan_steps(
     best.map(|(_, steps)| steps)
 }
 
+/// The largest sum of squared weights over the outputs of each linear layer (0 for a table
+/// layer): what the noise walk needs of the weights, computed once per circuit rather than once
+/// per parameter set tried.
+pub struct LinearNorms(Vec<f64>);
+
+impl LinearNorms {
+    pub fn of(circuit: &Circuit) -> LinearNorms {
+        LinearNorms(
+            circuit
+                .layers
+                .iter()
+                .map(|layer| match layer {
+                    Layer::Linear(l) => (0..l.out_shape.len())
+                        .map(|out| {
+                            let mut sum_sq = 0f64;
+                            l.for_each_term(out, |idx, w| {
+                                if idx.is_some() {
+                                    sum_sq += (w as f64) * (w as f64);
+                                }
+                            });
+                            sum_sq
+                        })
+                        .fold(0.0, f64::max),
+                    Layer::Requant(_) => 0.0,
+                })
+                .collect(),
+        )
+    }
+}
+
 /// Visit every requant with the variance of its accumulators and its deferred residual; returns
 /// the output variance. Variances are per tensor, each the worst over its elements; a term read
 /// from a tensor with more encoding bits than the layer's output is multiplied by 2^(difference),
 /// its noise too.
 fn walk(
     circuit: &Circuit,
+    norms: &LinearNorms,
     params: &FheParams,
     mut visit: impl FnMut(usize, &Requant, f64, Option<&DeferredResidual>),
 ) -> f64 {
@@ -215,16 +247,6 @@ fn walk(
         var[i + 1] = match layer {
             Layer::Linear(l) => {
                 let rescale = |t: usize| 4f64.powi((enc[t] - enc[i + 1]) as i32) * var[t];
-                let mut worst = 0f64;
-                for out in 0..l.out_shape.len() {
-                    let mut sum_sq = 0f64;
-                    l.for_each_term(out, |idx, w| {
-                        if idx.is_some() {
-                            sum_sq += (w as f64) * (w as f64);
-                        }
-                    });
-                    worst = worst.max(sum_sq);
-                }
                 deferred = deferred_residuals[i].map(|residual| DeferredResidual {
                     residual,
                     bits: enc[residual.from],
@@ -237,7 +259,7 @@ fn walk(
                     }
                     _ => 0.0,
                 };
-                worst * rescale(l.input) + residual
+                norms.0[i] * rescale(l.input) + residual
             }
             Layer::Requant(r) => {
                 visit(i, r, var[i], deferred.take().as_ref());
@@ -248,9 +270,9 @@ fn walk(
     var[circuit.layers.len()]
 }
 
-pub fn analyse(circuit: &Circuit, params: &FheParams) -> NoiseReport {
+pub fn analyse(circuit: &Circuit, norms: &LinearNorms, params: &FheParams) -> NoiseReport {
     let mut layers = Vec::new();
-    let out_var = walk(circuit, params, |_, r, var, residual| {
+    let out_var = walk(circuit, norms, params, |_, r, var, residual| {
         layers.push(LayerNoise {
             name: r.name.clone(),
             acc_bits: r.acc_bits,
@@ -267,9 +289,9 @@ pub fn analyse(circuit: &Circuit, params: &FheParams) -> NoiseReport {
 
 /// For each requant (by layer index), its cheapest truncation plan meeting the limit; a requant
 /// no plan serves gets single-bit steps all on the precise key (and so fails the analysis).
-pub fn plan_truncation(circuit: &Circuit, params: &FheParams) -> Vec<(usize, Vec<TruncStep>)> {
+pub fn plan_truncation(circuit: &Circuit, norms: &LinearNorms, params: &FheParams) -> Vec<(usize, Vec<TruncStep>)> {
     let mut plan = Vec::new();
-    walk(circuit, params, |i, r, var, residual| {
+    walk(circuit, norms, params, |i, r, var, residual| {
         let steps = plan_steps(r, var, params, residual).unwrap_or_else(|| {
             (0..r.truncated_bits())
                 .map(|_| TruncStep { bits: 1, precise: true })

@@ -140,6 +140,7 @@ mod tests {
                 bits: 3,
                 precise: false,
             }],
+            table_key: crate::params::Bootstrap::Precise,
         };
         // s = 2: 0 -> t 0; 127 -> t 31; 128 -> t 32, the negacyclic half: -T[0]; -1 -> t 63: -T[31].
         assert_eq!(requant(&layer, &[0, 127, 128, -1, 70]), vec![-10, 21, 10, -21, 7]);

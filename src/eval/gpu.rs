@@ -35,8 +35,8 @@ pub struct GpuEngine {
     params: FheParams,
     streams: CudaStreams,
     keyswitch_key: CudaLweKeyswitchKey<u64>,
-    bootstrap_key: CudaLweBootstrapKey,
-    cheap_bootstrap_key: CudaLweBootstrapKey,
+    /// One per [`FheParams::keys`] entry, in that order.
+    bootstrap_keys: Vec<CudaLweBootstrapKey>,
 }
 
 /// Fails unless CUDA sees a GPU: the backend aborts the process on its first call otherwise.
@@ -60,21 +60,17 @@ impl GpuEngine {
         Ok(GpuEngine {
             params: key.params,
             keyswitch_key: CudaLweKeyswitchKey::from_lwe_keyswitch_key(&key.keyswitch_key, &streams),
-            bootstrap_key: CudaLweBootstrapKey::from_lwe_bootstrap_key(&key.bootstrap_key, centred(), &streams),
-            cheap_bootstrap_key: CudaLweBootstrapKey::from_lwe_bootstrap_key(
-                &key.cheap_bootstrap_key,
-                centred(),
-                &streams,
-            ),
+            bootstrap_keys: key
+                .bootstrap_keys
+                .iter()
+                .map(|k| CudaLweBootstrapKey::from_lwe_bootstrap_key(k, centred(), &streams))
+                .collect(),
             streams,
         })
     }
 
     fn bootstrap_key(&self, which: Bootstrap) -> &CudaLweBootstrapKey {
-        match which {
-            Bootstrap::Precise => &self.bootstrap_key,
-            Bootstrap::Cheap => &self.cheap_bootstrap_key,
-        }
+        &self.bootstrap_keys[self.params.key_index(which)]
     }
 
     fn upload_indexes(&self, indexes: impl Iterator<Item = usize>) -> CudaVec<u64> {

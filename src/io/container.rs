@@ -17,8 +17,9 @@ use zeroize::Zeroize;
 use crate::error::{Error, Result};
 
 const MAGIC: &[u8; 4] = b"PKNF";
-/// Version of the container and of every payload it carries.
-pub const FORMAT_VERSION: u16 = 1;
+/// Version of the container and of every payload it carries. 2: a key's parameters name a medium
+/// bootstrap key, and a server key holds its bootstrap keys as a list.
+pub const FORMAT_VERSION: u16 = 2;
 
 /// Where each field of the header starts (docs/file-formats.md): magic, kind byte, format version
 /// (u16 LE), key id, model id, payload length (u64 LE), SHA-256 of the payload.
@@ -57,7 +58,8 @@ impl Kind {
 
     /// Largest payload of this kind read, refused before the file is read into memory: well
     /// above the largest legitimate one (server key: 120 MB for tiny-pkn and cnn-pkn, 241 MB
-    /// for resnet18-pkn's 2^6 x 7 bootstrap key, about 271 MB for the finest, 2^5 x 8;
+    /// for resnet18-pkn's 2^6 x 7 and 2^10 x 4 bootstrap keys, about 400 MB for the finest, 2^5 x 8
+    /// with a 2^10 x 4 medium key;
     /// checkpoint: 16 KB per value of the widest layer).
     pub fn max_payload(self) -> u64 {
         match self {
@@ -65,6 +67,15 @@ impl Kind {
             Kind::ServerKey => 1 << 30,
             Kind::InputCiphertext | Kind::OutputCiphertext => 64 << 20,
             Kind::Checkpoint => 4 << 30,
+        }
+    }
+
+    /// Oldest format version of this kind this pkn reads: keys written before the format named
+    /// the medium key do not decode.
+    fn oldest_version(self) -> u16 {
+        match self {
+            Kind::ClientKey | Kind::ServerKey => 2,
+            Kind::InputCiphertext | Kind::OutputCiphertext | Kind::Checkpoint => 1,
         }
     }
 
@@ -313,6 +324,16 @@ fn parse_header(path: &Path, head: &[u8], body_len: u64, kind: Kind) -> Result<(
             format!("format version {version} is newer than this pkn reads ({FORMAT_VERSION}); upgrade pkn"),
         ));
     }
+    if version < kind.oldest_version() {
+        return Err(Error::format(
+            path,
+            format!(
+                "format version {version} is older than this pkn reads for {} ({}); run `pkn keygen` again",
+                kind.describe(),
+                kind.oldest_version()
+            ),
+        ));
+    }
     let mut ids = Ids {
         key: [0; 16],
         model: [0; 16],
@@ -379,6 +400,15 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("newer"));
+        write(&p, Kind::ServerKey, ids(), &vec![7u64; 100], false).unwrap();
+        let mut older = std::fs::read(&p).unwrap();
+        older[5] = 1;
+        std::fs::write(&p, &older).unwrap();
+        let err = read::<Vec<u64>>(&p, Kind::ServerKey).unwrap_err().to_string();
+        assert!(
+            err.contains("older than this pkn reads") && err.contains("pkn keygen"),
+            "{err}"
+        );
         std::fs::write(&p, b"hello").unwrap();
         assert!(read::<Vec<u64>>(&p, Kind::OutputCiphertext)
             .unwrap_err()

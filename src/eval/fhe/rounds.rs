@@ -44,9 +44,11 @@ pub(super) fn step_rounds(
 
 /// A split table (activations `first..` of a layer with `per_channel` per channel) of every
 /// accumulator in `acc`, written over it: the low half read from it, plus the signed half read
-/// with the last step's kept sign output `kept` at the top.
+/// with the last step's kept sign output `kept` at the top, both on key `key`.
+#[allow(clippy::too_many_arguments)]
 pub(super) fn split_table_rounds(
     split: &SplitLuts,
+    key: Bootstrap,
     acc: &mut [u64],
     inputs: &mut [u64],
     first: usize,
@@ -59,12 +61,12 @@ pub(super) fn split_table_rounds(
         first,
         per_channel,
     };
-    let mut out = round(acc, by_channel(&split.low), Bootstrap::Precise);
+    let mut out = round(acc, by_channel(&split.low), key);
     let size = big_lwe_size(&split.low[0]);
     for ((ct, k), input) in acc.chunks(size).zip(kept.chunks(size)).zip(inputs.chunks_mut(size)) {
         split.signed_input(ct, k, input);
     }
-    let signed = round(inputs, by_channel(&split.signed), Bootstrap::Precise);
+    let signed = round(inputs, by_channel(&split.signed), key);
     for (o, s) in out.iter_mut().zip(&signed) {
         *o = o.wrapping_add(*s);
     }
@@ -184,7 +186,16 @@ pub fn requant_rounds(
     match &luts.split {
         Some(split) => {
             let kept = kept.expect("a split table's last step keeps its sign outputs");
-            split_table_rounds(split, acc, &mut inputs, first, per_channel, &kept, round);
+            split_table_rounds(
+                split,
+                layer.table_key,
+                acc,
+                &mut inputs,
+                first,
+                per_channel,
+                &kept,
+                round,
+            );
         }
         None => {
             let tables = Luts::ByChannel {
@@ -192,7 +203,7 @@ pub fn requant_rounds(
                 first,
                 per_channel,
             };
-            let out = round(acc, tables, Bootstrap::Precise);
+            let out = round(acc, tables, layer.table_key);
             acc.copy_from_slice(&out);
         }
     }

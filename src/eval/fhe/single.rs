@@ -46,8 +46,15 @@ impl Engine<'_> {
             .expect("the last truncation step keeps its sign output");
         out.copy_from_slice(ct);
         let mut input = vec![0u64; ct.len()];
-        split_table_rounds(split, out, &mut input, channel, 1, &kept, &mut |inputs, l, which| {
-            self.bootstrap_batch(scratch, inputs, l, which)
-        });
+        split_table_rounds(
+            split,
+            Bootstrap::Precise,
+            out,
+            &mut input,
+            channel,
+            1,
+            &kept,
+            &mut |inputs, l, which| self.bootstrap_batch(scratch, inputs, l, which),
+        );
     }
 }
