@@ -1,17 +1,20 @@
 #!/usr/bin/env bash
 # Side-by-side with Concrete ML on the same architecture, in one run on this machine: first a whole
-# encrypted `pkn` run (keygen, encrypt a sample, infer, decrypt, as benches/whole_run.sh), right after
-# it Concrete ML's (Brevitas 4-bit QAT of the same layers, compiled with Concrete ML's defaults,
-# `forward(fhe="execute")` on the same test image); then a table with the ratio Concrete ML / pkn.
+# encrypted `pkn` run (keygen, encrypt a sample, infer, decrypt, as benches/whole_run.sh) and pkn's
+# integer accuracy (`pkn eval`), right after it Concrete ML's: the same layers trained as pkn's are
+# (float epochs, then Brevitas 4-bit QAT, on the full training set), compiled in every configuration
+# (no rounding, exact and approximate rounding at 5, 6 and 7 bits), each run encrypted on the same test
+# image where its keys fit in memory; then a table with the ratio Concrete ML / pkn per configuration,
+# and the ratios against its fastest configuration that ran and its fastest exact one.
 #
-# Usage: bash benches/compare_concrete_ml.sh [tiny-pkn|cnn-pkn] [compare.py options...]
-#   e.g. bash benches/compare_concrete_ml.sh tiny-pkn --epochs 2 --fhe-images 3
+# Usage: bash benches/compare_concrete_ml.sh [cnn-pkn|tiny-pkn] [compare.py options...]
+#   e.g. bash benches/compare_concrete_ml.sh cnn-pkn --configs 6-exact,6-approximate
 # Run from anywhere; not part of CI. The first run makes target/concrete-venv (about 5 GiB: PyPI's
 # torch brings its CUDA wheels) from benches/concrete_ml/requirements.txt; CONCRETE_VENV overrides.
 # If `pkn inspect --model M` fails (no weights, or the compiler refuses the circuit), pkn's side is
 # reported unavailable with inspect's reason and only Concrete ML's side runs.
 set -euo pipefail
-model=${1:-tiny-pkn}
+model=${1:-cnn-pkn}
 [ $# -gt 0 ] && shift
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -49,7 +52,7 @@ secs() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.1f", b - a }'; }
 echo "== $model on $(nproc) cores, $(date -u '+%F %H:%M') UTC; load average $(cut -d' ' -f1-3 /proc/loadavg)"
 
 # --- pkn ---
-ours_keygen=unavailable ours_image=unavailable ours_pbs=- ours_pfail=unavailable ours_class=- ours_key=- ours_exact=-
+ours_keygen=unavailable ours_image=unavailable ours_pbs=- ours_pfail=unavailable ours_class=- ours_key=- ours_exact=- ours_acc=-
 if inspect=$("$bin" inspect --model "$model" 2>&1); then
     echo "$inspect" | sed 's/^/   /'
     ours_pbs=$(echo "$inspect" | sed -n 's/^bootstraps: \([0-9]*\).*/\1/p')
@@ -72,7 +75,8 @@ if inspect=$("$bin" inspect --model "$model" 2>&1); then
     else
         ours_exact="MISMATCH with pkn infer --clear (see $work)"
     fi
-    echo "   pkn: keygen $ours_keygen s; encrypt $enc s, infer $inf s, decrypt $dec s: $ours_image s per image"
+    ours_acc=$("$bin" eval --model "$model" 2>/dev/null | sed -n 's/.*accuracy \([0-9.]* %\).*/\1/p' | head -1)
+    echo "   pkn: keygen $ours_keygen s; encrypt $enc s, infer $inf s, decrypt $dec s: $ours_image s per image; integer accuracy $ours_acc"
     echo "   pkn decrypt: $ours_class; $ours_exact"
 else
     reason=$(echo "$inspect" | grep -v '^ *$' | tail -1)
@@ -82,29 +86,39 @@ fi
 # --- Concrete ML, right after ---
 "$venv/bin/python" -u "$root/benches/concrete_ml/compare.py" --model "$model" "$@" 2>&1 \
     | grep -v -e 'UserWarning' -e 'warnings.warn' | tee "$work/cml.log"
-result=$(grep '^RESULT ' "$work/cml.log" | tail -1)
-get() { echo "$result" | tr ' ' '\n' | sed -n "s/^$1=//p"; }
-theirs=$(get fhe_s_per_image)
-rounding=$(get rounding)
-case $rounding in none) settings="Concrete ML defaults: p_error 2^-40 per PBS, no rounding" ;;
-    *) settings="p_error 2^-40 per PBS (default), rounding_threshold_bits $rounding (NOT the default)" ;; esac
-theirs_txt=$(s "$theirs")
-[ "$theirs" = nan ] && theirs_txt="not run: server keys $(get key_gib) GiB (see above)"
-ratio=$(awk -v t="$theirs" -v o="$ours_image" 'BEGIN { if (o + 0 > 0 && t == t + 0 && t != "nan") printf "%.2f", t / o; else print "-" }')
+grep '^RESULT ' "$work/cml.log" > "$work/results" || true
+get() { echo "$1" | tr ' ' '\n' | sed -n "s/^$2=//p"; }
+ratio() { awk -v t="$1" -v o="$ours_image" 'BEGIN { if (o + 0 > 0 && t == t + 0 && t != "nan") printf "%.2f", t / o; else print "-" }'; }
+# Exact: every output value of every encrypted image equals Concrete ML's own clear circuit's.
+is_exact() { awk -v e="$1" 'BEGIN { n = split(e, p, "/"); print (n == 2 && p[1] == p[2]) ? "yes" : "no" }'; }
 
-cat <<EOF
-
-== $model: encrypted inference of one image, $(nproc) cores, same run
-| | pkn | Concrete ML $(get version) |
-|---|---|---|
-| key generation | $(s "$ours_keygen") | $(s "$(get keygen_s)") |
-| encrypted image (encrypt + infer + decrypt) | $(s "$ours_image") | $theirs_txt |
-| ratio Concrete ML / pkn | | $ratio |
-| bootstraps | $ours_pbs | $(get pbs) |
-| server keys | $ours_key | $(get key_gib) GiB |
-| settings | pkn's only setting: p-fail <= 2^-64 per bootstrap | $settings |
-| precision | exact ($ours_exact); p-fail of bootstraps and decryption: $ours_pfail | approximate: p_error $(get p_error) per PBS, global_p_error as Concrete reports it $(get global_p_error); max bit width $(get max_bit_width) |
-| accuracy | see pkn eval (README) | Brevitas $(get acc_torch), quantized clear $(get acc_clear), simulated $(get acc_sim) |
-EOF
+echo
+echo "== $model: encrypted inference of one image, $(nproc) cores, same run"
+echo "pkn: $ours_image s per image (encrypt + infer + decrypt), key generation $ours_keygen s, $ours_pbs bootstraps,"
+echo "     server key $ours_key, integer accuracy $ours_acc (10k test images); exact ($ours_exact); $ours_pfail"
+echo
+echo "| Concrete ML configuration | seconds per image | ratio Concrete ML / pkn | PBS | server keys | outputs equal to its clear circuit | quantized-clear accuracy |"
+echo "|---|---|---|---|---|---|---|"
+fastest= fastest_s= fastest_exact= fastest_exact_s=
+while read -r line; do
+    c=$(get "$line" config) t=$(get "$line" fhe_s_per_image) e=$(get "$line" exact_outputs)
+    if [ "$(get "$line" keys_fit)" = no ]; then
+        shown="not run: keys $(get "$line" key_gib) GiB exceed 80 % of this machine's memory"
+    else
+        shown=$(s "$t")
+    fi
+    echo "| $c | $shown | $(ratio "$t") | $(get "$line" pbs) | $(get "$line" key_gib) GiB | $e | $(get "$line" acc_clear) |"
+    if [ "$t" != nan ]; then
+        if [ -z "$fastest_s" ] || awk -v a="$t" -v b="$fastest_s" 'BEGIN { exit !(a < b) }'; then fastest=$c fastest_s=$t; fi
+        if [ "$(is_exact "$e")" = yes ] && { [ -z "$fastest_exact_s" ] || awk -v a="$t" -v b="$fastest_exact_s" 'BEGIN { exit !(a < b) }'; }; then
+            fastest_exact=$c fastest_exact_s=$t
+        fi
+    fi
+done < "$work/results"
+first=$(head -1 "$work/results")
+echo
+echo "Concrete ML $(get "$first" version): Brevitas accuracy $(get "$first" acc_torch) (10k test images); p_error $(get "$first" p_error) per PBS (its default) in every configuration."
+echo "Against its fastest configuration that ran (${fastest:-none}): ratio $(ratio "${fastest_s:-nan}")"
+echo "Against its fastest exact configuration (${fastest_exact:-none}): ratio $(ratio "${fastest_exact_s:-nan}")"
 [ "$ours_image" = unavailable ] && echo "pkn's side unavailable: ${reason:-}"
 exit 0

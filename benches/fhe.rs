@@ -15,7 +15,8 @@ use tfhe::core_crypto::prelude::ContiguousEntityContainer;
 
 fn benches(c: &mut Criterion) {
     let circuit = compile_model(&resolve_model("tiny-pkn").unwrap(), &CompileOptions::default()).unwrap();
-    let params = circuit.fhe_params().unwrap();
+    // tiny-pkn's set with a narrow key, so that every kind of bootstrap is measured.
+    let params = circuit.fhe_params().unwrap().with_narrow();
     let (client, server) = ClientKey::generate(params);
     let key = server.expand();
     let engine = fhe::Engine::new(&key);
@@ -24,12 +25,19 @@ fn benches(c: &mut Criterion) {
     let ct = ct.get(0).as_ref().to_vec();
 
     let mut group = c.benchmark_group("bootstrap");
-    for (bits, precise) in [(1, false), (1, true), (4, false)] {
-        let step = TruncStep { bits, precise };
+    for (bits, precise, narrow) in [
+        (1, false, false),
+        (1, true, false),
+        (4, false, false),
+        (1, false, true),
+        (4, false, true),
+    ] {
+        let step = TruncStep { bits, precise, narrow };
         let luts = engine.step_luts(10, step);
+        let keys: Vec<String> = step.rule(false).keys().map(|k| format!("{k:?}")).collect();
         let name = format!(
-            "truncation step of {bits} bit(s), {} key ({} KS + PBS, 1 thread)",
-            if precise { "precise" } else { "cheap" },
+            "truncation step of {bits} bit(s), keys {} ({} KS + PBS, 1 thread)",
+            keys.join(" + "),
             step.rule(false).bootstraps()
         );
         group.bench_function(name, |b| {
@@ -43,12 +51,32 @@ fn benches(c: &mut Criterion) {
     // A batch of bootstraps as the engine runs them on one thread: each block of the keyswitch key
     // and each GGSW of the bootstrap key read once for the whole batch.
     let batch: Vec<u64> = (0..fhe::BATCH).flat_map(|_| ct.iter().copied()).collect();
+    let single_bit = |narrow| {
+        engine.step_luts(
+            10,
+            TruncStep {
+                bits: 1,
+                precise: false,
+                narrow,
+            },
+        )
+    };
+    let (wide_sign, narrow_sign) = (single_bit(false), single_bit(true));
     let table: Vec<i64> = (0..16).collect();
-    let lut = engine.table_accumulator(&table, 10);
-    for which in [Bootstrap::Cheap, Bootstrap::Precise] {
-        let name = format!("batch of {} KS + PBS, {which:?} key (1 thread)", fhe::BATCH);
+    let table = engine.table_accumulator(&table, 10);
+    for which in params.keys() {
+        let lut = match which {
+            Bootstrap::Narrow => narrow_sign.sign().0,
+            Bootstrap::Cheap => wide_sign.sign().0,
+            Bootstrap::Precise | Bootstrap::Medium => &table,
+        };
+        let name = format!(
+            "batch of {} KS + PBS, {which:?} key {} (1 thread)",
+            fhe::BATCH,
+            params.key_label(which)
+        );
         group.bench_function(name, |b| {
-            b.iter(|| engine.bootstrap_batch(&mut scratch, &batch, fhe::Luts::Same(&lut), which))
+            b.iter(|| engine.bootstrap_batch(&mut scratch, &batch, fhe::Luts::Same(lut), which))
         });
     }
     // A 5-bit split table after its layer's truncation steps (the last one reads the table's lowest

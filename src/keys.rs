@@ -88,9 +88,12 @@ impl ClientKey {
         );
         let bootstrap_key = |which, seeder: &mut dyn Seeder| {
             let (base_log, level) = params.decomposition(which);
+            // The same key coefficients, read as polynomials of the key's own size (the narrow
+            // key's k = 2, N = 1024): its outputs are under the same big LWE key.
+            let shaped = GlweSecretKey::from_container(glwe_key.as_ref(), PolynomialSize(params.glwe_shape(which).1));
             par_allocate_and_generate_new_seeded_lwe_bootstrap_key(
                 &small_key,
-                &glwe_key,
+                &shaped,
                 DecompositionBaseLog(base_log),
                 DecompositionLevelCount(level),
                 DynamicDistribution::<u64>::new_t_uniform(params.glwe_noise_bound_log2),
@@ -208,6 +211,7 @@ impl ServerKey {
         }
         for (which, bsk) in p.keys().into_iter().zip(&self.bootstrap_keys) {
             let (base_log, level) = p.decomposition(which);
+            let (k, n) = p.glwe_shape(which);
             let found = (
                 bsk.glwe_size().0,
                 bsk.polynomial_size().0,
@@ -215,14 +219,7 @@ impl ServerKey {
                 bsk.decomposition_level_count().0,
                 bsk.as_ref().len(),
             );
-            let glwe_size = p.glwe_dimension + 1;
-            let expected = (
-                glwe_size,
-                p.polynomial_size,
-                base_log,
-                level,
-                p.lwe_dimension * level * glwe_size * p.polynomial_size,
-            );
+            let expected = (k + 1, n, base_log, level, p.lwe_dimension * level * (k + 1) * n);
             if found != expected {
                 return Err(Error::malformed(
                     "server key",

@@ -22,9 +22,11 @@ fn observed_variance(errors: &[u64]) -> f64 {
 
 #[test]
 fn bootstrap_output_variance_matches_the_compilers_prediction() {
-    // A middle decomposition and the two finest candidates, whose formula the tightest circuits
-    // trust (at 2^5 x 8 the FFT's rounding is a large part of the output noise).
-    for (base_log, level) in [(12, 3), (8, 5), (5, 8)] {
+    // A middle decomposition (with the narrow key) and the two finest candidates, whose formula
+    // the tightest circuits trust (at 2^5 x 8 the FFT's rounding is a large part of the output
+    // noise).
+    check_bootstrap_output_variance(FheParams::stock_2_2_with_pbs(12, 3).with_narrow());
+    for (base_log, level) in [(8, 5), (5, 8)] {
         check_bootstrap_output_variance(FheParams::stock_2_2_with_pbs(base_log, level));
     }
 }
@@ -49,31 +51,39 @@ fn check_bootstrap_output_variance(params: FheParams) {
             },
         )
         .collect();
-    // Cheap key: one single-bit truncation step on fresh encryptions (whose own noise is 2^-47.8).
+    // Cheap and narrow keys: one single-bit truncation step on fresh encryptions (whose own noise
+    // is 2^-47.8).
     let held = 10;
     let wide = client.encrypt(&values, held).par_decompress_into_lwe_ciphertext_list();
-    let step = TruncStep {
-        bits: 1,
-        precise: false,
+    let single_bit = |narrow| -> Vec<u64> {
+        let step = TruncStep {
+            bits: 1,
+            precise: false,
+            narrow,
+        };
+        let luts = engine.step_luts(held, step);
+        (0..SAMPLES)
+            .into_par_iter()
+            .map_init(
+                || engine.scratch(),
+                |scratch, i| {
+                    let mut ct = wide.get(i).as_ref().to_vec();
+                    engine.truncation_step(scratch, &mut ct, held, &luts);
+                    client.phase(&ct).wrapping_sub(encode(values[i] >> 1, held - 1))
+                },
+            )
+            .collect()
     };
-    let luts = engine.step_luts(held, step);
-    let cheap: Vec<u64> = (0..SAMPLES)
-        .into_par_iter()
-        .map_init(
-            || engine.scratch(),
-            |scratch, i| {
-                let mut ct = wide.get(i).as_ref().to_vec();
-                engine.truncation_step(scratch, &mut ct, held, &luts);
-                client.phase(&ct).wrapping_sub(encode(values[i] >> 1, held - 1))
-            },
-        )
-        .collect();
-    for (name, errors, which) in [
-        ("precise", &precise, Bootstrap::Precise),
-        ("cheap", &cheap, Bootstrap::Cheap),
-    ] {
+    let mut measured = vec![
+        ("precise", precise, Bootstrap::Precise),
+        ("cheap", single_bit(false), Bootstrap::Cheap),
+    ];
+    if params.has_narrow_key() {
+        measured.push(("narrow", single_bit(true), Bootstrap::Narrow));
+    }
+    for (name, errors, which) in &measured {
         let observed = observed_variance(errors);
-        let predicted = params.pbs_output_variance(which);
+        let predicted = params.pbs_output_variance(*which);
         let ratio = observed / predicted;
         println!(
             "{} {name} bootstrap output: observed std 2^{:.2}, predicted 2^{:.2}, variance ratio {ratio:.2}",
@@ -159,7 +169,7 @@ fn table_layer_inputs_of_tiny_pkn_carry_the_predicted_noise() {
         2,
         after_first.get(2),
         &clear_act,
-        params.pbs_output_variance(Bootstrap::Precise),
+        params.pbs_output_variance(r.table_key),
     );
     println!("observed/predicted noise variance at table inputs: conv1 {conv1:.2} (fresh inputs), conv2 {conv2:.2} (bootstrapped inputs)");
     // 784 and 392 outputs estimate the ratio within about 10 %; the rule must hold within 2x.

@@ -51,10 +51,10 @@ fn real_activations(engine: &Engine, client: &ClientKey, acc_bits: u32) -> (Vec<
     (activations, weights, base)
 }
 
-/// The 2^12 x 3 key set with a 2^15 x 2 medium key: its parameters, the client key and the
-/// expanded evaluation key.
+/// The 2^12 x 3 key set with a 2^15 x 2 medium key and a narrow key: its parameters, the client
+/// key and the expanded evaluation key.
 fn keys() -> (FheParams, ClientKey, EvaluationKey) {
-    let params = FheParams::stock_2_2_with_keys((12, 3), (15, 2));
+    let params = FheParams::stock_2_2_with_keys((12, 3), (15, 2)).with_narrow();
     let (client, key) = common::expanded_keys(params);
     (params, client, key)
 }
@@ -85,7 +85,11 @@ fn check_requant(
 }
 
 fn steps(bits: &[u32], precise: bool) -> Vec<TruncStep> {
-    bits.iter().map(|&bits| TruncStep { bits, precise }).collect()
+    narrow_steps(bits, precise, false)
+}
+
+fn narrow_steps(bits: &[u32], precise: bool, narrow: bool) -> Vec<TruncStep> {
+    bits.iter().map(|&bits| TruncStep { bits, precise, narrow }).collect()
 }
 
 #[test]
@@ -118,12 +122,20 @@ fn every_truncation_step_and_table_output_match_the_clear_values() {
         let var = params.pbs_output_variance(Bootstrap::Precise) * norm2 as f64;
         let planned = plan_steps(&requant, var, &params, None).expect("the planner finds an exact plan");
         let widest = |d: u32| -> Vec<u32> { (0..shift).step_by(d as usize).map(|i| (shift - i).min(d)).collect() };
-        let plans = [
+        // Narrow steps: 4-bit ones extended (the narrow key returns the digit), 3-bit digits (the
+        // narrow key reads the sign), and single bits all on the narrow key where the accumulator
+        // is narrow enough for its output noise.
+        let mut plans = vec![
             steps(&vec![1; shift as usize], true),
             steps(&widest(4), true),
             steps(&widest(5), true),
+            narrow_steps(&widest(4), true, true),
+            narrow_steps(&widest(3), true, true),
             planned,
         ];
+        if acc_bits <= 10 {
+            plans.push(narrow_steps(&vec![1; shift as usize], false, true));
+        }
         let step = 1i64 << shift;
         let window = 1i64 << acc_bits;
         // Low bits all 0 and all 1, at the bottom, middle and top of the window, and outside it.

@@ -1,13 +1,17 @@
-"""Concrete ML's side of benches/compare_concrete_ml.sh: the zoo's PKN architectures with Brevitas
-4-bit quantization-aware training, compiled with Concrete ML's defaults, then timed encrypted.
+"""Concrete ML's side of benches/compare_concrete_ml.sh: the zoo's PKN architectures trained as pkn's
+are (float epochs, then Brevitas 4-bit quantization-aware epochs, on the full training set), then
+compiled in every configuration asked for and each one timed encrypted.
 
-    target/concrete-venv/bin/python benches/concrete_ml/compare.py --model tiny-pkn --epochs 2
+    target/concrete-venv/bin/python benches/concrete_ml/compare.py --model cnn-pkn
 
-Prints the torch (Brevitas), quantized-clear and FHE-simulated accuracies, compilation and key
-generation times, the circuit's maximum bit width, bootstrap count and error probabilities, then
-seconds per image of `forward(fhe="execute")` (quantize, encrypt, run, decrypt, dequantize) on
---fhe-images test images. The last line is machine-readable for the shell script:
-    RESULT model=... fhe_s_per_image=... keygen_s=... max_bit_width=... p_error=... global_p_error=...
+Configurations (--configs): `none` (Concrete ML's default: no rounding) and `B-exact` /
+`B-approximate` (rounding_threshold_bits B with that method). For each: compilation time, the
+circuit's maximum bit width, bootstrap count, error probabilities, key sizes and parameters, the
+quantized-clear accuracy on --accuracy-images test images, then, if its keys fit in 80 % of this
+machine's memory, key generation and the seconds of `forward(fhe="execute")` (quantize, encrypt,
+run, decrypt, dequantize) per test image, and how many output values equal Concrete ML's own clear
+circuit's (`fhe="disable"`). One machine-readable line per configuration:
+    RESULT config=... fhe_s_per_image=... exact_outputs=.../... keygen_s=... key_gib=... pbs=... ...
 
 Not part of CI. Fashion-MNIST comes from Debian's dataset-fashion-mnist package.
 """
@@ -56,12 +60,21 @@ def to_float(pixels_u8):
 
 
 def qid(bits):
-    return qnn.QuantIdentity(bit_width=bits, return_quant_tensor=True)
+    """An activation quantizer; none in the float twin (bits None)."""
+    return nn.Identity() if bits is None else qnn.QuantIdentity(bit_width=bits, return_quant_tensor=True)
 
 
 def qconv(cin, cout, k, bits, stride=1, padding=0):
+    if bits is None:
+        return nn.Conv2d(cin, cout, k, stride=stride, padding=padding, bias=True)
     return qnn.QuantConv2d(cin, cout, k, stride=stride, padding=padding, bias=True,
                            weight_bit_width=bits, bias_quant=None)
+
+
+def qlinear(cin, cout, bits):
+    if bits is None:
+        return nn.Linear(cin, cout, bias=True)
+    return qnn.QuantLinear(cin, cout, bias=True, weight_bit_width=bits, bias_quant=None)
 
 
 class TinyPKN(nn.Module):
@@ -72,7 +85,7 @@ class TinyPKN(nn.Module):
         self.q0 = qid(bits)
         self.conv1, self.act1, self.bn1, self.q1 = qconv(1, 4, 3, bits, 2, 1), PKN(), nn.BatchNorm2d(4), qid(bits)
         self.conv2, self.act2, self.bn2, self.q2 = qconv(4, 8, 3, bits, 2, 1), PKN(), nn.BatchNorm2d(8), qid(bits)
-        self.fc = qnn.QuantLinear(392, 10, bias=True, weight_bit_width=bits, bias_quant=None)
+        self.fc = qlinear(392, 10, bits)
 
     def forward(self, x):
         x = self.q0(x)
@@ -95,7 +108,7 @@ class CnnPKN(nn.Module):
         self.pool1, self.p1 = nn.AvgPool2d(2), qid(bits)
         self.conv2, self.act2, self.bn2, self.q2 = qconv(16, 32, 5, bits), PKN(), nn.BatchNorm2d(32), qid(bits)
         self.pool2, self.p2 = nn.AvgPool2d(2), qid(bits)
-        self.fc = qnn.QuantLinear(512, 10, bias=True, weight_bit_width=bits, bias_quant=None)
+        self.fc = qlinear(512, 10, bits)
 
     def forward(self, x):
         x = self.q0(x)
@@ -114,7 +127,7 @@ def torch_accuracy(model, x, y):
     return (pred.numpy() == y).mean()
 
 
-def train(model, xtr, ytr, xte, yte, epochs, lr, batch):
+def train(model, xtr, ytr, xte, yte, epochs, lr, batch, phase):
     """Adam, cosine schedule, gradient clipping: the recipe train/train.py uses for pkn's models."""
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(epochs, 1))
@@ -131,7 +144,7 @@ def train(model, xtr, ytr, xte, yte, epochs, lr, batch):
             nn.utils.clip_grad_norm_(model.parameters(), 1.0)  # PKN training is prone to blow-ups
             opt.step()
         sched.step()
-        print(f"epoch {epoch + 1}/{epochs}: loss {loss.item():.3f}, Brevitas test accuracy "
+        print(f"{phase} epoch {epoch + 1}/{epochs}: loss {loss.item():.3f}, test accuracy "
               f"{torch_accuracy(model, xte, yte):.4f} ({time.time() - t0:.0f} s)", flush=True)
 
 
@@ -156,67 +169,38 @@ def print_key_parameters(circuit):
         print(f"key parameters unavailable: {e}", flush=True)
 
 
-def main():
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--model", choices=sorted(MODELS), default="tiny-pkn")
-    p.add_argument("--epochs", type=int, default=2, help="QAT epochs on the 60k training images")
-    p.add_argument("--bits", type=int, default=4, help="weight and activation bits (Brevitas)")
-    p.add_argument("--lr", type=float, default=3e-3)
-    p.add_argument("--batch", type=int, default=128)
-    p.add_argument("--calib-images", type=int, default=1000, help="compilation input set (training images)")
-    p.add_argument("--sim-images", type=int, default=1000, help="test images for quantized / simulated accuracy")
-    p.add_argument("--fhe-images", type=int, default=1, help="test images run encrypted (0: compile only)")
-    p.add_argument("--fhe-first", type=int, default=1,
-                   help="first test image run encrypted (1: the pullover pkn's bench encrypts)")
-    p.add_argument("--train-images", type=int, default=60000, help="training images used (quick checks)")
-    p.add_argument("--rounding-bits", type=int, default=None,
-                   help="rounding_threshold_bits (default: none, Concrete ML's default)")
-    p.add_argument("--rounding-method", choices=["exact", "approximate"], default="exact",
-                   help="with --rounding-bits: Concrete ML's rounding exactness")
-    p.add_argument("--force-fhe", action="store_true", help="run encrypted even if the keys exceed 80%% of RAM")
-    p.add_argument("--seed", type=int, default=0)
-    a = p.parse_args()
+CONFIGS = ["none", "5-exact", "5-approximate", "6-exact", "6-approximate", "7-exact", "7-approximate"]
 
-    torch.manual_seed(a.seed)
-    np.random.seed(a.seed)
-    threads = int(os.environ.get("OMP_NUM_THREADS", os.cpu_count() or 1))
-    torch.set_num_threads(threads)
 
-    import concrete.fhe
-    import concrete.ml
-    from concrete.ml.torch.compile import compile_brevitas_qat_model
+def rounding_kwargs(config):
+    """compile_brevitas_qat_model's arguments for a configuration name."""
+    if config == "none":
+        return {}
+    bits, method = config.split("-")
+    return {"rounding_threshold_bits": {"n_bits": int(bits), "method": method}}
 
-    try:
-        from importlib.metadata import version
-        cp_version = version("concrete-python")
-    except Exception:  # pragma: no cover
-        cp_version = "?"
-    print(f"== Concrete ML {concrete.ml.__version__} (concrete-python {cp_version}, torch {torch.__version__}), "
-          f"{a.model}, {a.bits}-bit QAT, {os.cpu_count()} cores", flush=True)
-    sig = inspect.signature(compile_brevitas_qat_model).parameters
-    defaults = {k: sig[k].default for k in ("p_error", "global_p_error", "rounding_threshold_bits") if k in sig}
-    print(f"compile_brevitas_qat_model defaults used: {defaults}", flush=True)
 
-    xtr_u8, ytr = load_split("train")
-    xte_u8, yte = load_split("t10k")
-    xtr_u8, ytr = xtr_u8[:a.train_images], ytr[:a.train_images]
-    xtr, xte = to_float(xtr_u8), to_float(xte_u8)
-
+def trained_model(a, xtr, ytr, xte, yte):
+    """Float epochs on a float twin of the network, its weights loaded into the Brevitas network,
+    then quantization-aware epochs: pkn's own recipe (train/train.py)."""
     model = MODELS[a.model](a.bits)
     t0 = time.time()
-    train(model, xtr, ytr, xte, yte, a.epochs, a.lr, a.batch)
+    if a.float_epochs > 0:
+        twin = MODELS[a.model](None)
+        train(twin, xtr, ytr, xte, yte, a.float_epochs, a.lr, a.batch, "float")
+        missing = model.load_state_dict(twin.state_dict(), strict=False).missing_keys
+        print(f"float weights loaded; {len(missing)} quantizer parameters start fresh", flush=True)
+    train(model, xtr, ytr, xte, yte, a.epochs, a.lr, a.batch, "QAT")
     print(f"training: {time.time() - t0:.0f} s", flush=True)
     model.eval()
-    acc_torch = torch_accuracy(model, xte, yte)
+    return model
 
-    calib = xtr[np.random.permutation(len(xtr))[:a.calib_images]].numpy()
+
+def run_config(a, config, model, calib, xte, yte, acc_torch, compile_brevitas_qat_model, version):
+    """Compile, measure and (if its keys fit) run one configuration; prints its RESULT line."""
+    print(f"\n== configuration {config}", flush=True)
     t0 = time.time()
-    kwargs, rounding = {}, "none"
-    if a.rounding_bits is not None:  # not Concrete ML's default: only when asked
-        kwargs["rounding_threshold_bits"] = {"n_bits": a.rounding_bits, "method": a.rounding_method}
-        rounding = f"{a.rounding_bits}-bit-{a.rounding_method}"
-        print(f"non-default setting: rounding_threshold_bits={kwargs['rounding_threshold_bits']}", flush=True)
-    qm = compile_brevitas_qat_model(model, calib, **kwargs)
+    qm = compile_brevitas_qat_model(model, calib, **rounding_kwargs(config))
     t_compile = time.time() - t0
     circuit = qm.fhe_circuit
     bits = circuit.graph.maximum_integer_bit_width()
@@ -228,56 +212,103 @@ def main():
             pass
     print(f"compilation: {t_compile:.1f} s; max bit width {bits}; p_error {circuit.p_error:.3g}, "
           f"global_p_error {circuit.global_p_error:.3g}; {stats}", flush=True)
-    try:
-        sizes = {k: getattr(circuit, k) for k in ("size_of_secret_keys", "size_of_bootstrap_keys",
-                                                  "size_of_keyswitch_keys", "size_of_inputs", "size_of_outputs")}
-        print("sizes (bytes): " + ", ".join(f"{k[8:]} {v:,}" for k, v in sizes.items()), flush=True)
-    except Exception as e:  # sizes are informational only
-        print(f"sizes unavailable: {e}", flush=True)
-
     print_key_parameters(circuit)
-
-    xs, ys = xte[:a.sim_images].numpy(), yte[:a.sim_images]
+    xs, ys = xte[:a.accuracy_images].numpy(), yte[:a.accuracy_images]
     acc_clear = module_accuracy(qm, xs, ys, "disable")
-    t0 = time.time()
-    acc_sim = module_accuracy(qm, xs, ys, "simulate")
-    t_sim = time.time() - t0
     print(f"accuracy: Brevitas (torch) {acc_torch:.4f} on {len(xte)} test images; quantized clear "
-          f"{acc_clear:.4f}, FHE simulation {acc_sim:.4f} on the first {len(xs)} "
-          f"(simulation {t_sim / len(xs) * 1000:.1f} ms/image)", flush=True)
+          f"{acc_clear:.4f} on the first {len(xs)}", flush=True)
 
-    fhe_s, keygen_s = float("nan"), float("nan")
+    fhe_s, keygen_s, exact, fits = float("nan"), float("nan"), "-", "yes"
     key_bytes = circuit.size_of_bootstrap_keys + circuit.size_of_keyswitch_keys
     mem_bytes = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    if a.fhe_images > 0 and key_bytes > 0.8 * mem_bytes and not a.force_fhe:
+    fhe_images = a.fhe_images
+    if fhe_images > 0 and key_bytes > 0.8 * mem_bytes and not a.force_fhe:
+        fits = "no"
         print(f"FHE execution skipped: the server keys alone take {key_bytes / 2**30:.1f} GiB, this machine "
-              f"has {mem_bytes / 2**30:.1f} GiB (--force-fhe tries anyway; --rounding-bits shrinks them)", flush=True)
-        a.fhe_images = 0
-    if a.fhe_images > 0:
+              f"has {mem_bytes / 2**30:.1f} GiB (--force-fhe tries anyway)", flush=True)
+        fhe_images = 0
+    if fhe_images > 0:
         t0 = time.time()
         circuit.keygen(force=True)
         keygen_s = time.time() - t0
         print(f"key generation: {keygen_s:.1f} s", flush=True)
-        times, agree = [], 0
-        for i in range(a.fhe_first, a.fhe_first + a.fhe_images):
+        times, same, total = [], 0, 0
+        for i in range(a.fhe_first, a.fhe_first + fhe_images):
             x = xte[i:i + 1].numpy()
             t0 = time.time()
             out = qm.forward(x, fhe="execute")
             times.append(time.time() - t0)
-            sim = qm.forward(x, fhe="simulate")
-            same = int(out.argmax(1)[0] == sim.argmax(1)[0])
-            agree += same
-            print(f"FHE image {i} (label {yte[i]}): {times[-1]:.1f} s, class {out.argmax(1)[0]}, "
-                  f"simulation class {sim.argmax(1)[0]}, max |logit diff| vs simulation "
-                  f"{np.abs(out - sim).max():.3g}", flush=True)
+            clear = qm.forward(x, fhe="disable")
+            same += int((out == clear).sum())
+            total += out.size
+            print(f"FHE image {i} (label {yte[i]}): {times[-1]:.1f} s, class {out.argmax(1)[0]}, clear circuit's "
+                  f"class {clear.argmax(1)[0]}, {int((out == clear).sum())} of {out.size} outputs equal the "
+                  f"clear circuit's", flush=True)
         fhe_s = float(np.mean(times))
-        print(f"FHE execution: {fhe_s:.1f} s per image over {len(times)} image(s); "
-              f"{agree}/{len(times)} agree with simulation", flush=True)
-
-    print(f"RESULT model={a.model} fhe_s_per_image={fhe_s:.2f} keygen_s={keygen_s:.2f} compile_s={t_compile:.1f} "
-          f"key_gib={key_bytes / 2**30:.1f} rounding={rounding} max_bit_width={bits} p_error={circuit.p_error:.3g} global_p_error={circuit.global_p_error:.3g} "
+        exact = f"{same}/{total}"
+        print(f"FHE execution: {fhe_s:.1f} s per image over {len(times)} image(s)", flush=True)
+    print(f"RESULT config={config} fhe_s_per_image={fhe_s:.2f} exact_outputs={exact} keys_fit={fits} "
+          f"keygen_s={keygen_s:.2f} compile_s={t_compile:.1f} key_gib={key_bytes / 2**30:.2f} max_bit_width={bits} "
+          f"p_error={circuit.p_error:.3g} global_p_error={circuit.global_p_error:.3g} "
           f"pbs={stats.get('programmable_bootstrap_count', '?')} acc_torch={acc_torch:.4f} "
-          f"acc_clear={acc_clear:.4f} acc_sim={acc_sim:.4f} version={concrete.ml.__version__}", flush=True)
+          f"acc_clear={acc_clear:.4f} accuracy_images={len(xs)} version={version}", flush=True)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--model", choices=sorted(MODELS), default="cnn-pkn")
+    p.add_argument("--float-epochs", type=int, default=4, help="float epochs before QAT (a float twin)")
+    p.add_argument("--epochs", type=int, default=2, help="QAT epochs")
+    p.add_argument("--bits", type=int, default=4, help="weight and activation bits (Brevitas)")
+    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--calib-images", type=int, default=300, help="compilation input set (training images)")
+    p.add_argument("--accuracy-images", type=int, default=10000, help="test images for quantized-clear accuracy")
+    p.add_argument("--fhe-images", type=int, default=1, help="test images run encrypted (0: compile only)")
+    p.add_argument("--fhe-first", type=int, default=1,
+                   help="first test image run encrypted (1: the pullover pkn's bench encrypts)")
+    p.add_argument("--train-images", type=int, default=60000, help="training images used (quick checks)")
+    p.add_argument("--configs", default=",".join(CONFIGS),
+                   help="comma-separated configurations: none, B-exact, B-approximate (default: all of "
+                        + ", ".join(CONFIGS) + ")")
+    p.add_argument("--force-fhe", action="store_true", help="run encrypted even if the keys exceed 80%% of RAM")
+    p.add_argument("--seed", type=int, default=0)
+    a = p.parse_args()
+    configs = [c for c in a.configs.split(",") if c]
+    for c in configs:
+        if c != "none" and (len(c.split("-")) != 2 or not c.split("-")[0].isdigit()
+                            or c.split("-")[1] not in ("exact", "approximate")):
+            p.error(f"unknown configuration {c!r}: use none, B-exact or B-approximate")
+
+    torch.manual_seed(a.seed)
+    np.random.seed(a.seed)
+    threads = int(os.environ.get("OMP_NUM_THREADS", os.cpu_count() or 1))
+    torch.set_num_threads(threads)
+
+    import concrete.ml
+    from concrete.ml.torch.compile import compile_brevitas_qat_model
+
+    try:
+        from importlib.metadata import version
+        cp_version = version("concrete-python")
+    except Exception:  # pragma: no cover
+        cp_version = "?"
+    print(f"== Concrete ML {concrete.ml.__version__} (concrete-python {cp_version}, torch {torch.__version__}), "
+          f"{a.model}, {a.float_epochs} float + {a.epochs} {a.bits}-bit QAT epochs, {os.cpu_count()} cores", flush=True)
+    sig = inspect.signature(compile_brevitas_qat_model).parameters
+    defaults = {k: sig[k].default for k in ("p_error", "global_p_error", "rounding_threshold_bits") if k in sig}
+    print(f"compile_brevitas_qat_model defaults (p_error is kept in every configuration): {defaults}", flush=True)
+
+    xtr_u8, ytr = load_split("train")
+    xte_u8, yte = load_split("t10k")
+    xtr_u8, ytr = xtr_u8[:a.train_images], ytr[:a.train_images]
+    xtr, xte = to_float(xtr_u8), to_float(xte_u8)
+
+    model = trained_model(a, xtr, ytr, xte, yte)
+    acc_torch = torch_accuracy(model, xte, yte)
+    calib = xtr[np.random.permutation(len(xtr))[:a.calib_images]].numpy()
+    for config in configs:
+        run_config(a, config, model, calib, xte, yte, acc_torch, compile_brevitas_qat_model, concrete.ml.__version__)
 
 
 if __name__ == "__main__":

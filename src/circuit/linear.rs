@@ -195,7 +195,11 @@ mod tests {
     fn stage_multipliers_add_up_to_the_gain() {
         let steps: Vec<TruncStep> = [3, 1, 4]
             .iter()
-            .map(|&bits| TruncStep { bits, precise: false })
+            .map(|&bits| TruncStep {
+                bits,
+                precise: false,
+                narrow: false,
+            })
             .collect();
         let wide = Residual {
             from: 0,

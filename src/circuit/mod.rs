@@ -362,6 +362,7 @@ pub(crate) mod tests {
                     steps: vec![TruncStep {
                         bits: 2,
                         precise: false,
+                        narrow: false,
                     }],
                     table_key: crate::params::Bootstrap::Precise,
                 }),

@@ -48,6 +48,9 @@ pub struct TruncStep {
     /// Whether the bootstrap whose output stays in the accumulator for later steps (a digit's
     /// table, an extended step's sign) uses the precise key.
     pub precise: bool,
+    /// Whether the step's other bootstraps (all of them, if not `precise`) use the narrow key; a
+    /// narrow 4-bit step is extended (its sign reads 4 bits, not 5).
+    pub narrow: bool,
 }
 
 /// How a step removes its bits (docs/circuit.md).
@@ -80,18 +83,20 @@ pub struct StepRule {
 impl TruncStep {
     /// How the step runs; `keeps_bit` for the last step before a split table. The bootstrap whose
     /// output stays in the accumulator (a digit's table, an extended step's sign) uses the step's
-    /// key; the other one, whose output is only read once more, the cheap key.
+    /// key; the other one, whose output is only read once more, the cheap (or narrow) key.
     pub fn rule(&self, keeps_bit: bool) -> StepRule {
-        let key = if self.precise {
-            Bootstrap::Precise
+        let cheap = if self.narrow {
+            Bootstrap::Narrow
         } else {
             Bootstrap::Cheap
         };
-        let (kind, sign_key, digit_key) = if keeps_bit || self.bits == 1 || self.bits == 5 {
+        let key = if self.precise { Bootstrap::Precise } else { cheap };
+        let extended = keeps_bit || self.bits == 1 || self.bits == 5 || (self.narrow && self.bits == 4);
+        let (kind, sign_key, digit_key) = if extended {
             let digit = self.bits - 1;
-            (StepKind::Extended(digit), key, (digit > 0).then_some(Bootstrap::Cheap))
+            (StepKind::Extended(digit), key, (digit > 0).then_some(cheap))
         } else {
-            (StepKind::Digit(self.bits), Bootstrap::Cheap, Some(key))
+            (StepKind::Digit(self.bits), cheap, Some(key))
         };
         StepRule {
             kind,
@@ -200,9 +205,14 @@ mod tests {
 
     #[test]
     fn step_rules_give_each_bootstrap_its_key() {
-        use Bootstrap::{Cheap, Precise};
+        use Bootstrap::{Cheap, Narrow, Precise};
         let rule = |bits, precise, keeps_bit| {
-            let r = TruncStep { bits, precise }.rule(keeps_bit);
+            let r = TruncStep {
+                bits,
+                precise,
+                narrow: false,
+            }
+            .rule(keeps_bit);
             (r.kind, r.keys().collect::<Vec<_>>())
         };
         // A single bit: one sign bootstrap, whose output stays, on the step's key.
@@ -213,10 +223,29 @@ mod tests {
         assert_eq!(rule(5, true, false), (StepKind::Extended(4), vec![Precise, Cheap]));
         assert_eq!(rule(3, false, true), (StepKind::Extended(2), vec![Cheap, Cheap]));
         assert_eq!(rule(1, false, true), (StepKind::Extended(0), vec![Cheap]));
+        // Narrow: the cheap bootstraps move to the narrow key, and a 4-bit step is extended.
+        let narrow = |bits, precise| {
+            let r = TruncStep {
+                bits,
+                precise,
+                narrow: true,
+            }
+            .rule(false);
+            (r.kind, r.keys().collect::<Vec<_>>())
+        };
+        assert_eq!(narrow(3, false), (StepKind::Digit(3), vec![Narrow, Narrow]));
+        assert_eq!(narrow(3, true), (StepKind::Digit(3), vec![Narrow, Precise]));
+        assert_eq!(narrow(4, false), (StepKind::Extended(3), vec![Narrow, Narrow]));
+        assert_eq!(narrow(1, false), (StepKind::Extended(0), vec![Narrow]));
         let params = FheParams::stock_2_2_with_pbs(12, 3);
         for bits in 1..=5 {
             for precise in [false, true] {
-                let r = TruncStep { bits, precise }.rule(false);
+                let r = TruncStep {
+                    bits,
+                    precise,
+                    narrow: false,
+                }
+                .rule(false);
                 assert_eq!(r.bootstraps(), if bits == 1 { 1 } else { 2 });
                 let cheap = params.relative_pbs_cost(Cheap);
                 let own = params.relative_pbs_cost(if precise { Precise } else { Cheap });

@@ -70,6 +70,8 @@ struct Step {
     precise: bool,
     /// The last step before a split table, which also reads the table's lowest bit.
     reads_table_bit: bool,
+    /// Its bootstraps other than the precise one run on the narrow key.
+    narrow: bool,
     /// Decomposition of the key of each of the step's bootstraps, in the order they run.
     keys: Vec<String>,
 }
@@ -258,6 +260,7 @@ fn table_row(r: &Requant, params: &FheParams, log2_pfail: f64) -> LayerRow {
             bits: s.bits,
             precise: s.precise,
             reads_table_bit: rule.keeps_bit,
+            narrow: s.narrow,
             keys: rule.keys().map(|key| params.key_label(key)).collect(),
         })
         .collect();
@@ -281,13 +284,17 @@ fn table_row(r: &Requant, params: &FheParams, log2_pfail: f64) -> LayerRow {
     }
 }
 
-/// Truncation steps as "4+2 bits" with precise steps marked by "*"; before a split table, the last
-/// step's read of the table's lowest bit shows as a final "+1".
+/// Truncation steps as "4+2 bits", with precise steps marked by "*" and narrow ones by "n"; before
+/// a split table, the last step's read of the table's lowest bit shows as a final "+1".
 fn steps_label(steps: &[Step]) -> String {
     let parts: Vec<String> = steps
         .iter()
         .map(|s| {
-            let mark = if s.precise { "*" } else { "" };
+            let mark = format!(
+                "{}{}",
+                if s.precise { "*" } else { "" },
+                if s.narrow { "n" } else { "" }
+            );
             if s.reads_table_bit {
                 format!("{}+1{mark}", s.bits - 1)
             } else {

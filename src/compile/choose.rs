@@ -2,8 +2,9 @@
 //! p-fail <= 2^-64 by the noise rule ([`super::noise`]), with the truncation steps planned for it
 //! and each table layer's key chosen.
 //!
-//! For each precise key, alone or with each cheaper medium key, every table starts on the precise
-//! key; then, layer by layer from the input, a table moves to the cheap key, or else the medium
+//! For each precise key, alone or with each cheaper medium key, with or without the narrow key
+//! (which the truncation planner uses where its coarser modulus switch allows), every table starts
+//! on the precise key; then, layer by layer from the input, a table moves to the cheap key, or else the medium
 //! one, where the whole circuit still meets the limit (its truncation steps planned again) and
 //! costs less. A table's key sets the noise its consumers read, so the deep layers of a wide
 //! network no longer make every table pay for the most precise key.
@@ -86,7 +87,8 @@ impl Candidate {
     }
 }
 
-/// Every precise key, each with the medium key (or none) and table keys that make it cheapest.
+/// Every precise key, each with the medium key (or none), narrow key (or none) and table keys that
+/// make it cheapest.
 pub fn candidates(circuit: &Circuit) -> Vec<Candidate> {
     let norms = LinearNorms::of(circuit);
     let mut trial = circuit.clone();
@@ -96,6 +98,7 @@ pub fn candidates(circuit: &Circuit) -> Vec<Candidate> {
             let mediums = DECOMPOSITIONS.into_iter().filter_map(|m| precise.with_medium(m));
             std::iter::once(precise)
                 .chain(mediums)
+                .flat_map(|params| [params, params.with_narrow()])
                 .map(|params| Candidate::best_keys(&mut trial, &norms, params))
                 .reduce(|a, b| {
                     if b.meets_limit() && (!a.meets_limit() || b.cost < a.cost) {
@@ -162,13 +165,13 @@ mod tests {
         }
     }
 
-    /// The 2^12 x 3 candidate's plan for `circuit`, and the cost of running every table on it.
+    /// The 2^12 x 3 candidate's plan for `circuit`, and the cost of its keys with every table on
+    /// the precise one.
     fn planned_on_2_12x3(circuit: &Circuit) -> (Circuit, f64, f64) {
         let norms = LinearNorms::of(circuit);
-        let params = FheParams::stock_2_2_with_pbs(12, 3);
-        let all_precise = Candidate::judge(&mut circuit.clone(), &norms, params, &[Bootstrap::Precise]);
         let best = candidates(circuit).swap_remove(2);
         assert_eq!(best.params.decomposition(Bootstrap::Precise), (12, 3));
+        let all_precise = Candidate::judge(&mut circuit.clone(), &norms, best.params, &[Bootstrap::Precise]);
         (best.planned(circuit), best.cost, all_precise.cost)
     }
 

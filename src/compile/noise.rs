@@ -101,38 +101,39 @@ pub fn requant_log2_pfail(
         let digit = rule.digit_bits();
         let amplify = 4f64.powi((held - digit) as i32);
         let half_slot = 2f64.powi(-(digit as i32 + 2));
-        worst = worst.max(params.log2_pfail(var * amplify, half_slot));
+        worst = worst.max(params.log2_pfail(rule.sign_key, var * amplify, half_slot));
         let sign_out = params.pbs_output_variance(rule.sign_key);
-        let digit_out = rule.digit_key.map(|key| params.pbs_output_variance(key));
-        match rule.kind {
-            StepKind::Digit(_) => {
+        match (rule.kind, rule.digit_key) {
+            (StepKind::Digit(_), Some(digit_key)) => {
                 // The sign's output only clears a bit of the digit's input; the digit's stays.
-                worst = worst.max(params.log2_pfail(var * amplify + sign_out, half_slot));
-                var += digit_out.expect("a digit step has a digit table");
+                worst = worst.max(params.log2_pfail(digit_key, var * amplify + sign_out, half_slot));
+                var += params.pbs_output_variance(digit_key);
             }
-            StepKind::Extended(_) => {
+            (StepKind::Digit(_), None) => unreachable!("a digit step has a digit table"),
+            (StepKind::Extended(_), digit_key) => {
                 // The sign's output stays in the accumulator, then the digit table reads it.
                 kept = sign_out;
                 var += kept;
-                if let Some(digit_out) = digit_out {
-                    worst = worst.max(params.log2_pfail(var * amplify, half_slot));
-                    var += digit_out;
+                if let Some(digit_key) = digit_key {
+                    worst = worst.max(params.log2_pfail(digit_key, var * amplify, half_slot));
+                    var += params.pbs_output_variance(digit_key);
                 }
             }
         }
         held -= st.bits;
     }
     var += added[steps.len()];
+    let table = r.table_key;
     if r.split_table() {
         // Both halves read W - 1 bits and the padding bit (half a slot 2^-(W + 1)); the signed half's
         // input holds the kept bit moved to the top, (2^W - 1) times the sign's output in all.
         let half_slot = 2f64.powi(-(r.lut_bits as i32 + 1));
         let signed = var + (4f64.powi(r.lut_bits as i32) - 2f64.powi(r.lut_bits as i32 + 1)) * kept;
         worst
-            .max(params.log2_pfail(var, half_slot))
-            .max(params.log2_pfail(signed, half_slot))
+            .max(params.log2_pfail(table, var, half_slot))
+            .max(params.log2_pfail(table, signed, half_slot))
     } else {
-        worst.max(params.log2_pfail(var, 2f64.powi(-(r.lut_bits as i32 + 2))))
+        worst.max(params.log2_pfail(table, var, 2f64.powi(-(r.lut_bits as i32 + 2))))
     }
 }
 
@@ -167,31 +168,40 @@ fn digit_sequences(bits: u32) -> Vec<Vec<u32>> {
     out
 }
 
-/// The cheapest truncation plan of one requant meeting the limit: digit sizes, and the fewest
-/// leading steps on the precise key. None if no plan does.
+/// The cheapest truncation plan of one requant meeting the limit: digit sizes, the fewest leading
+/// steps on the precise key, and, where the set has a narrow key, every step of at most 4 bits on
+/// it or none. None if no plan does.
 pub fn plan_steps(
     r: &Requant,
     var: f64,
     params: &FheParams,
     residual: Option<&DeferredResidual>,
 ) -> Option<Vec<TruncStep>> {
+    let narrow_options: &[bool] = if params.has_narrow_key() {
+        &[false, true]
+    } else {
+        &[false]
+    };
     let mut best: Option<(f64, Vec<TruncStep>)> = None;
     for digits in digit_sequences(r.truncated_bits()) {
-        for precise in 0..=digits.len() {
-            let steps: Vec<TruncStep> = digits
-                .iter()
-                .enumerate()
-                .map(|(i, &bits)| TruncStep {
-                    bits,
-                    precise: i < precise,
-                })
-                .collect();
-            if requant_log2_pfail(r, var, params, &steps, residual) <= LOG2_PFAIL_LIMIT {
-                let cost = r.steps_cost(&steps, params);
-                if best.as_ref().is_none_or(|(c, _)| cost < *c) {
-                    best = Some((cost, steps));
+        for &narrow in narrow_options {
+            for precise in 0..=digits.len() {
+                let steps: Vec<TruncStep> = digits
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &bits)| TruncStep {
+                        bits,
+                        precise: i < precise,
+                        narrow: narrow && bits <= 4,
+                    })
+                    .collect();
+                if requant_log2_pfail(r, var, params, &steps, residual) <= LOG2_PFAIL_LIMIT {
+                    let cost = r.steps_cost(&steps, params);
+                    if best.as_ref().is_none_or(|(c, _)| cost < *c) {
+                        best = Some((cost, steps));
+                    }
+                    break;
                 }
-                break;
             }
         }
     }
@@ -294,7 +304,11 @@ pub fn plan_truncation(circuit: &Circuit, norms: &LinearNorms, params: &FheParam
     walk(circuit, norms, params, |i, r, var, residual| {
         let steps = plan_steps(r, var, params, residual).unwrap_or_else(|| {
             (0..r.truncated_bits())
-                .map(|_| TruncStep { bits: 1, precise: true })
+                .map(|_| TruncStep {
+                    bits: 1,
+                    precise: true,
+                    narrow: false,
+                })
                 .collect()
         });
         plan.push((i, steps));

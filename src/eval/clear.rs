@@ -139,6 +139,7 @@ mod tests {
             steps: vec![crate::circuit::TruncStep {
                 bits: 3,
                 precise: false,
+                narrow: false,
             }],
             table_key: crate::params::Bootstrap::Precise,
         };

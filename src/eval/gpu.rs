@@ -85,13 +85,10 @@ impl GpuEngine {
         &self,
         luts: impl IntoIterator<Item = &'a GlweCiphertextOwned<u64>>,
     ) -> CudaGlweCiphertextList<u64> {
-        let host: Vec<u64> = luts.into_iter().flat_map(|l| l.as_ref().iter().copied()).collect();
-        let list = GlweCiphertextList::from_container(
-            host,
-            GlweSize(self.params.glwe_dimension + 1),
-            PolynomialSize(self.params.polynomial_size),
-            native_modulus(),
-        );
+        let luts: Vec<&GlweCiphertextOwned<u64>> = luts.into_iter().collect();
+        let (glwe_size, poly) = (luts[0].glwe_size(), luts[0].polynomial_size());
+        let host: Vec<u64> = luts.iter().flat_map(|l| l.as_ref().iter().copied()).collect();
+        let list = GlweCiphertextList::from_container(host, glwe_size, poly, native_modulus());
         CudaGlweCiphertextList::from_glwe_ciphertext_list(&list, &self.streams)
     }
 

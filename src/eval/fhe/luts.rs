@@ -79,7 +79,7 @@ impl SplitLuts {
                 .iter()
                 .map(|t| {
                     let h: Vec<i64> = (0..half).map(|u| f(t[2 * u], t[2 * u + 1])).collect();
-                    table_accumulator(params, &h, out)
+                    table_accumulator(params.glwe_shape(layer.table_key), &h, out)
                 })
                 .collect()
         };
@@ -102,39 +102,35 @@ impl SplitLuts {
     }
 }
 
-/// A lookup accumulator: coefficient j of the rotated table answers the phases around
-/// j / 2N; `value(t)` is the already encoded output for table index t in [0, 2^(bits + 1)).
-pub fn accumulator(params: &FheParams, bits: u32, value: impl Fn(usize) -> u64) -> GlweCiphertextOwned<u64> {
-    let n = params.polynomial_size;
+/// A lookup accumulator of GLWE shape `(k, N)`: coefficient j of the rotated table answers the
+/// phases around j / 2N; `value(t)` is the already encoded output for table index t in
+/// [0, 2^(bits + 1)).
+pub fn accumulator((k, n): (usize, usize), bits: u32, value: impl Fn(usize) -> u64) -> GlweCiphertextOwned<u64> {
     let box_size = n >> bits;
-    let mut acc = GlweCiphertext::new(
-        0,
-        GlweSize(params.glwe_dimension + 1),
-        PolynomialSize(n),
-        native_modulus(),
-    );
+    let mut acc = GlweCiphertext::new(0, GlweSize(k + 1), PolynomialSize(n), native_modulus());
     for (j, coef) in acc.get_mut_body().as_mut().iter_mut().enumerate() {
         *coef = value((j + box_size / 2) / box_size);
     }
     acc
 }
 
-/// Final lookup of a requant: table `table`, output encoded with `output_bits`.
-pub fn table_accumulator(params: &FheParams, table: &[i64], output_bits: u32) -> GlweCiphertextOwned<u64> {
+/// Final lookup of a requant for a key of GLWE shape `shape`: table `table`, output encoded with
+/// `output_bits`.
+pub fn table_accumulator(shape: (usize, usize), table: &[i64], output_bits: u32) -> GlweCiphertextOwned<u64> {
     let lut_bits = table.len().trailing_zeros();
-    accumulator(params, lut_bits, |t| {
+    accumulator(shape, lut_bits, |t| {
         encode(table_output(table, t % (2 * table.len())), output_bits)
     })
 }
 
 /// Constant -`half`: returns -`half` or +`half` for a top bit 0 or 1.
-fn sign_accumulator(params: &FheParams, half: u64) -> GlweCiphertextOwned<u64> {
-    accumulator(params, 0, |_| half.wrapping_neg())
+fn sign_accumulator(shape: (usize, usize), half: u64) -> GlweCiphertextOwned<u64> {
+    accumulator(shape, 0, |_| half.wrapping_neg())
 }
 
 /// Returns -1/4 or +1/4 for the bit above a digit.
-fn quarter_sign(params: &FheParams) -> GlweCiphertextOwned<u64> {
-    sign_accumulator(params, TORUS_QUARTER)
+fn quarter_sign(shape: (usize, usize)) -> GlweCiphertextOwned<u64> {
+    sign_accumulator(shape, TORUS_QUARTER)
 }
 
 /// Half the weight, in an accumulator holding `held` bits, of the bit above `digit_bits` low bits.
@@ -144,9 +140,9 @@ fn half_weight(held: u32, digit_bits: u32) -> u64 {
 
 /// The table of a `bits`-bit digit: the digit d times Delta_held; index 2^bits (the negacyclic
 /// boundary) is unreachable.
-fn digit_accumulator(params: &FheParams, held: u32, bits: u32) -> GlweCiphertextOwned<u64> {
+fn digit_accumulator(shape: (usize, usize), held: u32, bits: u32) -> GlweCiphertextOwned<u64> {
     let digits = 1usize << bits;
-    accumulator(params, bits, |t| {
+    accumulator(shape, bits, |t| {
         if t < digits {
             (t as u64).wrapping_mul(delta(held))
         } else {
@@ -167,13 +163,14 @@ fn clear_bit_above(input: &mut [u64], out: &[u64], bits: u32) {
 impl StepLuts {
     /// Accumulators for a step that runs as `rule` while `held` bits are held.
     pub fn new(params: &FheParams, held: u32, rule: StepRule) -> StepLuts {
+        let sign_shape = params.glwe_shape(rule.sign_key);
         let sign = match rule.kind {
-            StepKind::Digit(_) => quarter_sign(params),
-            StepKind::Extended(bits) => sign_accumulator(params, half_weight(held, bits)),
+            StepKind::Digit(_) => quarter_sign(sign_shape),
+            StepKind::Extended(bits) => sign_accumulator(sign_shape, half_weight(held, bits)),
         };
         let digit = rule
             .digit_key
-            .map(|_| digit_accumulator(params, held, rule.digit_bits()));
+            .map(|key| digit_accumulator(params.glwe_shape(key), held, rule.digit_bits()));
         StepLuts { rule, sign, digit }
     }
 
@@ -257,7 +254,7 @@ impl LayerLuts {
         let tables = layer
             .tables
             .iter()
-            .map(|t| table_accumulator(params, t, layer.output_encoding_bits))
+            .map(|t| table_accumulator(params.glwe_shape(layer.table_key), t, layer.output_encoding_bits))
             .collect();
         LayerLuts {
             steps,

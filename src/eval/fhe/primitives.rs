@@ -106,56 +106,70 @@ pub(super) fn shift_left(ct: &[u64], input: &mut [u64], shift: u32) {
     }
 }
 
-/// The evaluation key with its FFT plan: what every bootstrap needs.
+/// The evaluation key with an FFT plan per polynomial size of its bootstrap keys: what every
+/// bootstrap needs.
 pub struct Engine<'k> {
     pub(super) key: &'k EvaluationKey,
-    fft: Fft,
+    /// One plan per distinct N among the keys (the narrow key's is smaller).
+    ffts: Vec<Fft>,
 }
 
 impl<'k> Engine<'k> {
     pub fn new(key: &'k EvaluationKey) -> Self {
+        let mut sizes: Vec<usize> = key.params.keys().iter().map(|&w| key.params.glwe_shape(w).1).collect();
+        sizes.sort_unstable();
+        sizes.dedup();
         Engine {
             key,
-            fft: Fft::new(PolynomialSize(key.params.polynomial_size)),
+            ffts: sizes.into_iter().map(|n| Fft::new(PolynomialSize(n))).collect(),
         }
     }
 
-    fn fft(&self) -> FftView<'_> {
-        self.fft.as_view()
+    fn fft(&self, poly: PolynomialSize) -> FftView<'_> {
+        self.ffts
+            .iter()
+            .find(|f| f.as_view().polynomial_size() == poly)
+            .expect("a plan for every key's polynomial size")
+            .as_view()
     }
 
     pub fn scratch(&self) -> Scratch {
         let p = self.key.params;
-        let glwe_size = GlweSize(p.glwe_dimension + 1);
-        let poly = PolynomialSize(p.polynomial_size);
+        let shapes = p.keys().into_iter().map(|w| p.glwe_shape(w));
+        let (mut glwe_words, mut bytes) = (0, 0);
+        for (k, n) in shapes {
+            let (glwe_size, poly) = (GlweSize(k + 1), PolynomialSize(n));
+            glwe_words = glwe_words.max(glwe_size.0 * poly.0);
+            let needed =
+                batch_blind_rotate_assign_scratch::<u64>(glwe_size, poly, CiphertextCount(BATCH), self.fft(poly))
+                    .unaligned_bytes_required();
+            bytes = bytes.max(needed);
+        }
         let mut buffers = ComputationBuffers::new();
-        buffers.resize(
-            batch_blind_rotate_assign_scratch::<u64>(glwe_size, poly, CiphertextCount(BATCH), self.fft())
-                .unaligned_bytes_required(),
-        );
+        buffers.resize(bytes);
         Scratch {
             small: vec![0; BATCH * (p.lwe_dimension + 1)],
-            rotated: vec![0; BATCH * glwe_size.0 * poly.0],
+            rotated: vec![0; BATCH * glwe_words],
             buffers,
             kept: None,
         }
     }
 
     /// Keyswitch, centred modulus switch, blind rotation with key `which` and sample extraction of
-    /// the big-key ciphertexts `inputs` (at most [`BATCH`]), ciphertext j rotating `luts.of(j)`:
-    /// the bootstrap outputs, in the same layout.
+    /// the big-key ciphertexts `inputs` (at most [`BATCH`]), ciphertext j rotating `luts.of(j)`
+    /// (accumulators of `which`'s GLWE shape): the bootstrap outputs, in the same layout.
     pub fn bootstrap_batch(&self, scratch: &mut Scratch, inputs: &[u64], luts: Luts, which: Bootstrap) -> Vec<u64> {
         let p = &self.key.params;
         let big = p.big_lwe_dimension() + 1;
         let small = p.lwe_dimension + 1;
-        let glwe_size = GlweSize(p.glwe_dimension + 1);
-        let poly = PolynomialSize(p.polynomial_size);
+        let bsk = self.key.bootstrap_key(which);
+        let (glwe_size, poly) = (bsk.glwe_size(), bsk.polynomial_size());
         let glwe_len = glwe_size.0 * poly.0;
         let count = inputs.len() / big;
         assert!(count <= BATCH, "a batch holds at most {BATCH} ciphertexts, not {count}");
         let small_cts = &mut scratch.small[..count * small];
         keyswitch_batch(&self.key.keyswitch_key, inputs, small_cts);
-        let log_modulus = CiphertextModulusLog(p.log2_modswitch_modulus());
+        let log_modulus = CiphertextModulusLog((2 * poly.0).trailing_zeros() as usize);
         let switched: Vec<SwitchedLwe> = small_cts
             .chunks(small)
             .map(|ct| SwitchedLwe::new(LweCiphertext::from_container(ct, native_modulus()), log_modulus))
@@ -164,10 +178,10 @@ impl<'k> Engine<'k> {
         for (j, acc) in rotated.chunks_mut(glwe_len).enumerate() {
             acc.copy_from_slice(luts.of(j).as_ref());
         }
-        self.key.bootstrap_key(which).as_view().batch_blind_rotate_assign(
+        bsk.as_view().batch_blind_rotate_assign(
             GlweCiphertextList::from_container(&mut *rotated, glwe_size, poly, native_modulus()),
             &switched,
-            self.fft(),
+            self.fft(poly),
             scratch.buffers.stack(),
         );
         let mut out = vec![0u64; inputs.len()];

@@ -27,9 +27,10 @@ impl Engine<'_> {
         scratch.kept = kept;
     }
 
-    /// Final lookup of a requant: table `table`, output encoded with `output_bits`.
+    /// Final lookup of a requant on the precise key: table `table`, output encoded with
+    /// `output_bits`.
     pub fn table_accumulator(&self, table: &[i64], output_bits: u32) -> GlweCiphertextOwned<u64> {
-        table_accumulator(&self.key.params, table, output_bits)
+        table_accumulator(self.key.params.glwe_shape(Bootstrap::Precise), table, output_bits)
     }
 
     /// Bootstrap a ciphertext holding W bits through `lut` (precise key) into `out`.
