@@ -4,10 +4,11 @@
 //!
 //! For each precise key, alone or with each cheaper medium key, with or without the narrow key
 //! (which the truncation planner uses where its coarser modulus switch allows), every table starts
-//! on the precise key; then, layer by layer from the input, a table moves to the cheap key, or else the medium
-//! one, where the whole circuit still meets the limit (its truncation steps planned again) and
-//! costs less. A table's key sets the noise its consumers read, so the deep layers of a wide
-//! network no longer make every table pay for the most precise key.
+//! on the precise key; then, layer by layer from the input, a table moves to the cheapest of the
+//! set's other keys (narrow, cheap, medium) under which the whole circuit still meets the limit
+//! (its truncation steps planned again) and costs less. A table's key sets the noise its consumers
+//! read, so the deep layers of a wide network no longer make every table pay for the most precise
+//! key.
 
 use super::noise::{self, LinearNorms};
 use crate::circuit::{Circuit, Layer, TruncStep};
