@@ -84,8 +84,10 @@ else
 fi
 
 # --- Concrete ML, right after ---
+# Line-buffered, so that the log shows each configuration as it ends; a Concrete ML side stopped
+# early (a configuration that runs too long) still gets the table of those that ended.
 "$venv/bin/python" -u "$root/benches/concrete_ml/compare.py" --model "$model" "$@" 2>&1 \
-    | grep -v -e 'UserWarning' -e 'warnings.warn' | tee "$work/cml.log"
+    | grep --line-buffered -v -e 'UserWarning' -e 'warnings.warn' | tee "$work/cml.log" || true
 grep '^RESULT ' "$work/cml.log" > "$work/results" || true
 get() { echo "$1" | tr ' ' '\n' | sed -n "s/^$2=//p"; }
 ratio() { awk -v t="$1" -v o="$ours_image" 'BEGIN { if (o + 0 > 0 && t == t + 0 && t != "nan") printf "%.2f", t / o; else print "-" }'; }
@@ -117,7 +119,7 @@ while read -r line; do
 done < "$work/results"
 first=$(head -1 "$work/results")
 echo
-echo "Concrete ML $(get "$first" version): Brevitas accuracy $(get "$first" acc_torch) (10k test images); p_error $(get "$first" p_error) per PBS (its default) in every configuration."
+echo "Concrete ML $(get "$first" version): Brevitas accuracy $(get "$first" acc_torch) (10k test images); its default p_error setting in every configuration (the p_error each compiled to is in the log above)."
 echo "Against its fastest configuration that ran (${fastest:-none}): ratio $(ratio "${fastest_s:-nan}")"
 echo "Against its fastest exact configuration (${fastest_exact:-none}): ratio $(ratio "${fastest_exact_s:-nan}")"
 [ "$ours_image" = unavailable ] && echo "pkn's side unavailable: ${reason:-}"
