@@ -98,12 +98,15 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     match encrypted(&a, &circuit, processes.as_ref()) {
         // The other processes wait for this one in an exchange: end them all, before process 0
         // writes anything.
+        // The message goes out in one write, so that another process's output (or MPI's abort
+        // notice) cannot land inside it.
         Err(err) if processes.count() > 1 => {
-            eprintln!(
-                "error on process {} of {}: {err:#}",
+            let message = format!(
+                "error on process {} of {}: {err:#}\n",
                 processes.rank(),
                 processes.count()
             );
+            let _ = std::io::Write::write_all(&mut std::io::stderr().lock(), message.as_bytes());
             processes.abort()
         }
         done => done,
