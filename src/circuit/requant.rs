@@ -206,15 +206,11 @@ mod tests {
     #[test]
     fn step_rules_give_each_bootstrap_its_key() {
         use Bootstrap::{Cheap, Narrow, Precise};
-        let rule = |bits, precise, keeps_bit| {
-            let r = TruncStep {
-                bits,
-                precise,
-                narrow: false,
-            }
-            .rule(keeps_bit);
+        let keyed = |bits, precise, narrow, keeps_bit| {
+            let r = TruncStep { bits, precise, narrow }.rule(keeps_bit);
             (r.kind, r.keys().collect::<Vec<_>>())
         };
+        let rule = |bits, precise, keeps_bit| keyed(bits, precise, false, keeps_bit);
         // A single bit: one sign bootstrap, whose output stays, on the step's key.
         assert_eq!(rule(1, true, false), (StepKind::Extended(0), vec![Precise]));
         // A digit: the sign only clears a bit of the digit's input (cheap); the digit stays.
@@ -224,15 +220,7 @@ mod tests {
         assert_eq!(rule(3, false, true), (StepKind::Extended(2), vec![Cheap, Cheap]));
         assert_eq!(rule(1, false, true), (StepKind::Extended(0), vec![Cheap]));
         // Narrow: the cheap bootstraps move to the narrow key, and a 4-bit step is extended.
-        let narrow = |bits, precise| {
-            let r = TruncStep {
-                bits,
-                precise,
-                narrow: true,
-            }
-            .rule(false);
-            (r.kind, r.keys().collect::<Vec<_>>())
-        };
+        let narrow = |bits, precise| keyed(bits, precise, true, false);
         assert_eq!(narrow(3, false), (StepKind::Digit(3), vec![Narrow, Narrow]));
         assert_eq!(narrow(3, true), (StepKind::Digit(3), vec![Narrow, Precise]));
         assert_eq!(narrow(4, false), (StepKind::Extended(3), vec![Narrow, Narrow]));
