@@ -4,11 +4,13 @@
 # integer accuracy (`pkn eval`), right after it Concrete ML's: the same layers trained as pkn's are
 # (float epochs, then Brevitas 4-bit QAT, on the full training set), compiled in every configuration
 # (no rounding, exact and approximate rounding at 5, 6 and 7 bits), each run encrypted on the same test
-# image where its keys fit in memory; then a table with the ratio Concrete ML / pkn per configuration,
+# image where its keys fit in memory, each in a process of its own whose encrypted run is stopped once it
+# is slower than the fastest configuration of its kind that ran (approximate rounding: the fastest;
+# exact or no rounding: the fastest exact; --stop-after seeds both from an earlier run); then a table with the ratio Concrete ML / pkn per configuration,
 # and the ratios against its fastest configuration that ran and its fastest exact one.
 #
 # Usage: bash benches/compare_concrete_ml.sh [cnn-pkn|tiny-pkn] [compare.py options...]
-#   e.g. bash benches/compare_concrete_ml.sh cnn-pkn --configs 6-exact,6-approximate
+#   e.g. bash benches/compare_concrete_ml.sh cnn-pkn --configs 6-exact,7-approximate --stop-at-ratio 1.37,2.67
 # Run from anywhere; not part of CI. The first run makes target/concrete-venv (about 5 GiB: PyPI's
 # torch brings its CUDA wheels) from benches/concrete_ml/requirements.txt; CONCRETE_VENV overrides.
 # If `pkn inspect --model M` fails (no weights, or the compiler refuses the circuit), pkn's side is
@@ -16,6 +18,16 @@
 set -euo pipefail
 model=${1:-cnn-pkn}
 [ $# -gt 0 ] && shift
+# --stop-at-ratio A,B (this script's own option): --stop-after for compare.py in seconds, A and B times
+# pkn's time per image in this run, so that bounds taken as ratios from an earlier run hold on a
+# machine faster or slower today.
+args=() stop_ratio=
+while [ $# -gt 0 ]; do
+    case $1 in
+        --stop-at-ratio) stop_ratio=${2:?--stop-at-ratio wants A,B}; shift 2 ;;
+        *) args+=("$1"); shift ;;
+    esac
+done
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 venv=${CONCRETE_VENV:-$root/target/concrete-venv}
@@ -86,7 +98,13 @@ fi
 # --- Concrete ML, right after ---
 # Line-buffered, so that the log shows each configuration as it ends; a Concrete ML side stopped
 # early (a configuration that runs too long) still gets the table of those that ended.
-"$venv/bin/python" -u "$root/benches/concrete_ml/compare.py" --model "$model" "$@" 2>&1 \
+if [ -n "$stop_ratio" ]; then
+    [ "$ours_image" = unavailable ] && { echo "--stop-at-ratio needs pkn's side, which is unavailable" >&2; exit 1; }
+    stop=$(awk -v r="$stop_ratio" -v o="$ours_image" 'BEGIN { split(r, p, ","); printf "%.1f,%.1f", p[1] * o, p[2] * o }')
+    echo "   stopping encrypted runs at $stop s (ratios $stop_ratio to pkn's $ours_image s)"
+    args+=(--stop-after "$stop")
+fi
+"$venv/bin/python" -u "$root/benches/concrete_ml/compare.py" --model "$model" "${args[@]}" 2>&1 \
     | grep --line-buffered -v -e 'UserWarning' -e 'warnings.warn' | tee "$work/cml.log" || true
 grep '^RESULT ' "$work/cml.log" > "$work/results" || true
 get() { echo "$1" | tr ' ' '\n' | sed -n "s/^$2=//p"; }
@@ -99,17 +117,22 @@ echo "== $model: encrypted inference of one image, $(nproc) cores, same run"
 echo "pkn: $ours_image s per image (encrypt + infer + decrypt), key generation $ours_keygen s, $ours_pbs bootstraps,"
 echo "     server key $ours_key, integer accuracy $ours_acc (10k test images); exact ($ours_exact); $ours_pfail"
 echo
-echo "| Concrete ML configuration | seconds per image | ratio Concrete ML / pkn | PBS | server keys | outputs equal to its clear circuit | quantized-clear accuracy |"
-echo "|---|---|---|---|---|---|---|"
+echo "| Concrete ML configuration | seconds per image | ratio Concrete ML / pkn | PBS | optimizer complexity | server keys | outputs equal to its clear circuit | quantized-clear accuracy |"
+echo "|---|---|---|---|---|---|---|---|"
 fastest= fastest_s= fastest_exact= fastest_exact_s=
 while read -r line; do
     c=$(get "$line" config) t=$(get "$line" fhe_s_per_image) e=$(get "$line" exact_outputs)
-    if [ "$(get "$line" keys_fit)" = no ]; then
+    stop=$(get "$line" stopped_after) r=$(ratio "$t")
+    if [ -n "$(get "$line" failed)" ]; then
+        shown="failed ($(get "$line" failed); the log above says why)"
+    elif [ "$(get "$line" keys_fit)" = no ]; then
         shown="not run: keys $(get "$line" key_gib) GiB exceed 80 % of this machine's memory"
+    elif [ "$stop" != - ]; then
+        shown="> $stop s: stopped, slower than the fastest of its kind" r="> $(ratio "$stop")"
     else
         shown=$(s "$t")
     fi
-    echo "| $c | $shown | $(ratio "$t") | $(get "$line" pbs) | $(get "$line" key_gib) GiB | $e | $(get "$line" acc_clear) |"
+    echo "| $c | $shown | $r | $(get "$line" pbs) | $(get "$line" complexity) | $(get "$line" key_gib) GiB | $e | $(get "$line" acc_clear) |"
     if [ "$t" != nan ]; then
         if [ -z "$fastest_s" ] || awk -v a="$t" -v b="$fastest_s" 'BEGIN { exit !(a < b) }'; then fastest=$c fastest_s=$t; fi
         if [ "$(is_exact "$e")" = yes ] && { [ -z "$fastest_exact_s" ] || awk -v a="$t" -v b="$fastest_exact_s" 'BEGIN { exit !(a < b) }'; }; then

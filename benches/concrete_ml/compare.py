@@ -10,8 +10,13 @@ circuit's maximum bit width, bootstrap count, error probabilities, key sizes and
 quantized-clear accuracy on --accuracy-images test images, then, if its keys fit in 80 % of this
 machine's memory, key generation and the seconds of `forward(fhe="execute")` (quantize, encrypt,
 run, decrypt, dequantize) per test image, and how many output values equal Concrete ML's own clear
-circuit's (`fhe="disable"`). One machine-readable line per configuration:
-    RESULT config=... fhe_s_per_image=... exact_outputs=.../... keygen_s=... key_gib=... pbs=... ...
+circuit's (`fhe="disable"`). Each configuration runs in a process of its own (spawned: the keys
+leave memory with it), and its encrypted run is stopped, reported as `stopped_after`, once it has
+taken longer than the fastest configuration of its kind that ran in full, since it can then be
+neither the fastest nor the fastest exact: approximate rounding (not exact by design) against the
+fastest, exact and no rounding against the fastest exact. --stop-after seeds both from an earlier
+run. One machine-readable line per configuration:
+    RESULT config=... fhe_s_per_image=... stopped_after=... exact_outputs=.../... key_gib=... pbs=... ...
 
 Not part of CI. Fashion-MNIST comes from Debian's dataset-fashion-mnist package.
 """
@@ -20,8 +25,11 @@ import argparse
 import gzip
 import inspect
 import json
+import multiprocessing
 import os
+import queue
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -181,6 +189,13 @@ def rounding_kwargs(config):
     return {"rounding_threshold_bits": {"n_bits": int(bits), "method": method}}
 
 
+def load_data(a):
+    """Training images (the first --train-images) and the test set, pixels in [-1, 1]."""
+    xtr_u8, ytr = load_split("train")
+    xte_u8, yte = load_split("t10k")
+    return to_float(xtr_u8[:a.train_images]), ytr[:a.train_images], to_float(xte_u8), yte
+
+
 def trained_model(a, xtr, ytr, xte, yte):
     """Float epochs on a float twin of the network, its weights loaded into the Brevitas network,
     then quantization-aware epochs: pkn's own recipe (train/train.py)."""
@@ -197,8 +212,24 @@ def trained_model(a, xtr, ytr, xte, yte):
     return model
 
 
-def run_config(a, config, model, calib, xte, yte, acc_torch, compile_brevitas_qat_model, version):
-    """Compile, measure and (if its keys fit) run one configuration; prints its RESULT line."""
+def config_process(a, config, state_path, calib, reference, acc_torch, events):
+    """One configuration in a process of its own, so that its encrypted run can be stopped (the
+    parent kills the process) and its keys leave memory with it. Reports to the parent on `events`:
+    ("info", dict) once compiled, ("start", image) before each encrypted image, ("image", seconds,
+    equal outputs, outputs) after it."""
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", os.cpu_count() or 1)))
+    import concrete.ml
+    from concrete.ml.torch.compile import compile_brevitas_qat_model
+
+    model = MODELS[a.model](a.bits)
+    model.load_state_dict(torch.load(state_path))
+    model.eval()
+    with torch.no_grad():
+        logits = model(torch.from_numpy(calib[:len(reference)])).numpy()
+    if not np.array_equal(logits, reference):
+        sys.exit("the trained model did not survive the move to the configuration's process")
+    _, _, xte, yte = load_data(a)
+
     print(f"\n== configuration {config}", flush=True)
     t0 = time.time()
     qm = compile_brevitas_qat_model(model, calib, **rounding_kwargs(config))
@@ -219,40 +250,106 @@ def run_config(a, config, model, calib, xte, yte, acc_torch, compile_brevitas_qa
     print(f"accuracy: Brevitas (torch) {acc_torch:.4f} on {len(xte)} test images; quantized clear "
           f"{acc_clear:.4f} on the first {len(xs)}", flush=True)
 
-    fhe_s, keygen_s, exact, fits = float("nan"), float("nan"), "-", "yes"
     key_bytes = circuit.size_of_bootstrap_keys + circuit.size_of_keyswitch_keys
     mem_bytes = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    fhe_images = a.fhe_images
-    if fhe_images > 0 and key_bytes > 0.8 * mem_bytes and not a.force_fhe:
-        fits = "no"
+    fits = a.force_fhe or key_bytes <= 0.8 * mem_bytes
+    if a.fhe_images > 0 and not fits:
         print(f"FHE execution skipped: the server keys alone take {key_bytes / 2**30:.1f} GiB, this machine "
               f"has {mem_bytes / 2**30:.1f} GiB (--force-fhe tries anyway)", flush=True)
-        fhe_images = 0
-    if fhe_images > 0:
+    info = {"config": config, "keys_fit": "yes" if fits else "no", "compile_s": f"{t_compile:.1f}",
+            "key_gib": f"{key_bytes / 2**30:.2f}", "max_bit_width": bits, "p_error": f"{circuit.p_error:.3g}",
+            "global_p_error": f"{circuit.global_p_error:.3g}",
+            "pbs": stats.get("programmable_bootstrap_count", "?"),
+            "complexity": f"{stats['complexity']:.3g}" if "complexity" in stats else "?", "acc_torch": f"{acc_torch:.4f}",
+            "acc_clear": f"{acc_clear:.4f}", "accuracy_images": len(xs), "version": concrete.ml.__version__}
+    if a.fhe_images > 0 and fits:
         t0 = time.time()
         circuit.keygen(force=True)
-        keygen_s = time.time() - t0
-        print(f"key generation: {keygen_s:.1f} s", flush=True)
-        times, same, total = [], 0, 0
-        for i in range(a.fhe_first, a.fhe_first + fhe_images):
-            x = xte[i:i + 1].numpy()
-            t0 = time.time()
-            out = qm.forward(x, fhe="execute")
-            times.append(time.time() - t0)
-            clear = qm.forward(x, fhe="disable")
-            same += int((out == clear).sum())
-            total += out.size
-            print(f"FHE image {i} (label {yte[i]}): {times[-1]:.1f} s, class {out.argmax(1)[0]}, clear circuit's "
-                  f"class {clear.argmax(1)[0]}, {int((out == clear).sum())} of {out.size} outputs equal the "
-                  f"clear circuit's", flush=True)
-        fhe_s = float(np.mean(times))
-        exact = f"{same}/{total}"
+        info["keygen_s"] = f"{time.time() - t0:.2f}"
+        print(f"key generation: {info['keygen_s']} s", flush=True)
+    events.put(("info", info))
+    if a.fhe_images == 0 or not fits:
+        return
+    for i in range(a.fhe_first, a.fhe_first + a.fhe_images):
+        x = xte[i:i + 1].numpy()
+        events.put(("start", i))
+        t0 = time.time()
+        out = qm.forward(x, fhe="execute")
+        seconds = time.time() - t0
+        clear = qm.forward(x, fhe="disable")
+        same = int((out == clear).sum())
+        print(f"FHE image {i} (label {yte[i]}): {seconds:.1f} s, class {out.argmax(1)[0]}, clear circuit's "
+              f"class {clear.argmax(1)[0]}, {same} of {out.size} outputs equal the clear circuit's", flush=True)
+        events.put(("image", seconds, same, out.size))
+
+
+class Bounds:
+    """When an encrypted run can stop: once it has taken longer than the fastest configuration of its
+    kind that ran in full, it can be neither the fastest nor the fastest exact one. An approximate
+    configuration (not exact by design) competes for the fastest; exact rounding and no rounding
+    compete for the fastest exact. Seeded from --stop-after (an earlier run's figures), tightened
+    as configurations end."""
+
+    def __init__(self, approximate, exact):
+        self.fastest, self.fastest_exact = approximate, exact
+
+    def of(self, config):
+        if config.endswith("approximate"):
+            return self.fastest
+        return self.fastest_exact
+
+    def record(self, config, seconds, exact):
+        if self.fastest is None or seconds < self.fastest:
+            self.fastest = seconds
+        if exact and not config.endswith("approximate") and (self.fastest_exact is None or seconds < self.fastest_exact):
+            self.fastest_exact = seconds
+
+
+def run_config(a, config, state_path, calib, reference, acc_torch, bounds):
+    """Runs one configuration in its own process, stops its encrypted run at the configuration's
+    bound, and prints its RESULT line."""
+    ctx = multiprocessing.get_context("spawn")
+    events = ctx.Queue()
+    proc = ctx.Process(target=config_process, args=(a, config, state_path, calib, reference, acc_torch, events))
+    proc.start()
+    info, times, same, total, stopped, deadline = None, [], 0, 0, None, None
+    bound = bounds.of(config)
+    while True:
+        try:
+            event = events.get(timeout=1.0)
+        except queue.Empty:
+            if deadline is not None and time.time() > deadline:
+                proc.kill()
+                stopped = bound
+                kind = "" if config.endswith("approximate") else "exact "
+                print(f"FHE execution stopped after {bound:.1f} s: slower than the fastest {kind}configuration "
+                      "(this run's, or --stop-after's)", flush=True)
+                break
+            if not proc.is_alive():
+                break
+            continue
+        if event[0] == "info":
+            info = event[1]
+        elif event[0] == "start":
+            deadline = None if bound is None else time.time() + bound
+        else:
+            times.append(event[1])
+            same, total, deadline = same + event[2], total + event[3], None
+    proc.join()
+    if info is None:
+        print(f"RESULT config={config} failed=exit-code-{proc.exitcode}", flush=True)
+        return
+    fhe_s = float(np.mean(times)) if times and stopped is None else float("nan")
+    exact = f"{same}/{total}" if times and stopped is None else "-"
+    if not np.isnan(fhe_s):
         print(f"FHE execution: {fhe_s:.1f} s per image over {len(times)} image(s)", flush=True)
-    print(f"RESULT config={config} fhe_s_per_image={fhe_s:.2f} exact_outputs={exact} keys_fit={fits} "
-          f"keygen_s={keygen_s:.2f} compile_s={t_compile:.1f} key_gib={key_bytes / 2**30:.2f} max_bit_width={bits} "
-          f"p_error={circuit.p_error:.3g} global_p_error={circuit.global_p_error:.3g} "
-          f"pbs={stats.get('programmable_bootstrap_count', '?')} acc_torch={acc_torch:.4f} "
-          f"acc_clear={acc_clear:.4f} accuracy_images={len(xs)} version={version}", flush=True)
+        bounds.record(config, fhe_s, same == total)
+    fields = {"config": config, "fhe_s_per_image": f"{fhe_s:.2f}",
+              "stopped_after": "-" if stopped is None else f"{stopped:.1f}", "exact_outputs": exact,
+              "keygen_s": "nan", **info}
+    if stopped is None and proc.exitcode != 0:
+        fields["failed"] = f"exit-code-{proc.exitcode}"
+    print("RESULT " + " ".join(f"{k}={v}" for k, v in fields.items()), flush=True)
 
 
 def main():
@@ -273,8 +370,17 @@ def main():
                    help="comma-separated configurations: none, B-exact, B-approximate (default: all of "
                         + ", ".join(CONFIGS) + ")")
     p.add_argument("--force-fhe", action="store_true", help="run encrypted even if the keys exceed 80%% of RAM")
+    p.add_argument("--stop-after", metavar="FASTEST_S,FASTEST_EXACT_S",
+                   help="the fastest and fastest exact seconds per image known from an earlier run: an "
+                        "encrypted run that exceeds its kind's is stopped (as later in this run once a "
+                        "configuration of that kind has run in full)")
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args()
+    try:
+        seeds = [float(v) for v in a.stop_after.split(",")] if a.stop_after else [None, None]
+        assert len(seeds) == 2 and all(v is None or v > 0 for v in seeds)
+    except (ValueError, AssertionError):
+        p.error(f"--stop-after wants two positive numbers of seconds, FASTEST_S,FASTEST_EXACT_S; got {a.stop_after!r}")
     configs = [c for c in a.configs.split(",") if c]
     for c in configs:
         if c != "none" and (len(c.split("-")) != 2 or not c.split("-")[0].isdigit()
@@ -300,16 +406,18 @@ def main():
     defaults = {k: sig[k].default for k in ("p_error", "global_p_error", "rounding_threshold_bits") if k in sig}
     print(f"compile_brevitas_qat_model defaults (p_error is kept in every configuration): {defaults}", flush=True)
 
-    xtr_u8, ytr = load_split("train")
-    xte_u8, yte = load_split("t10k")
-    xtr_u8, ytr = xtr_u8[:a.train_images], ytr[:a.train_images]
-    xtr, xte = to_float(xtr_u8), to_float(xte_u8)
-
+    xtr, ytr, xte, yte = load_data(a)
     model = trained_model(a, xtr, ytr, xte, yte)
     acc_torch = torch_accuracy(model, xte, yte)
     calib = xtr[np.random.permutation(len(xtr))[:a.calib_images]].numpy()
-    for config in configs:
-        run_config(a, config, model, calib, xte, yte, acc_torch, compile_brevitas_qat_model, concrete.ml.__version__)
+    with torch.no_grad():
+        reference = model(torch.from_numpy(calib[:16])).numpy()
+    bounds = Bounds(*seeds)
+    with tempfile.TemporaryDirectory() as tmp:
+        state_path = os.path.join(tmp, "model.pt")
+        torch.save(model.state_dict(), state_path)
+        for config in configs:
+            run_config(a, config, state_path, calib, reference, acc_torch, bounds)
 
 
 if __name__ == "__main__":
