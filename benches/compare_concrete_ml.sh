@@ -4,10 +4,10 @@
 # integer accuracy (`pkn eval`), right after it Concrete ML's: the same layers trained as pkn's are
 # (float epochs, then Brevitas 4-bit QAT, on the full training set), compiled in every configuration
 # (no rounding, exact and approximate rounding at 5, 6 and 7 bits), each run encrypted on the same test
-# image where its keys fit in memory, each in a process of its own whose encrypted run is stopped once it
-# is slower than the fastest configuration of its kind that ran (approximate rounding: the fastest;
-# exact or no rounding: the fastest exact; --stop-after seeds both from an earlier run); then a table with the ratio Concrete ML / pkn per configuration,
-# and the ratios against its fastest configuration that ran and its fastest exact one.
+# image where its keys fit in memory, each in a process of its own whose encrypted run is stopped
+# once it is slower than the fastest configuration of its kind that ran (approximate rounding: the
+# fastest; exact or no rounding: the fastest exact; --stop-at-ratio seeds both from an earlier run);
+# then a table with the ratio Concrete ML / pkn per configuration, and the ratios against its fastest configuration that ran and its fastest exact one.
 #
 # Usage: bash benches/compare_concrete_ml.sh [cnn-pkn|tiny-pkn] [compare.py options...]
 #   e.g. bash benches/compare_concrete_ml.sh cnn-pkn --configs 6-exact,7-approximate --stop-at-ratio 1.37,2.67
@@ -96,14 +96,14 @@ else
 fi
 
 # --- Concrete ML, right after ---
-# Line-buffered, so that the log shows each configuration as it ends; a Concrete ML side stopped
-# early (a configuration that runs too long) still gets the table of those that ended.
 if [ -n "$stop_ratio" ]; then
     [ "$ours_image" = unavailable ] && { echo "--stop-at-ratio needs pkn's side, which is unavailable" >&2; exit 1; }
     stop=$(awk -v r="$stop_ratio" -v o="$ours_image" 'BEGIN { split(r, p, ","); printf "%.1f,%.1f", p[1] * o, p[2] * o }')
     echo "   stopping encrypted runs at $stop s (ratios $stop_ratio to pkn's $ours_image s)"
     args+=(--stop-after "$stop")
 fi
+# Line-buffered, so that the log shows each configuration as it ends; a Concrete ML side stopped
+# early (a configuration that runs too long) still gets the table of those that ended.
 "$venv/bin/python" -u "$root/benches/concrete_ml/compare.py" --model "$model" "${args[@]}" 2>&1 \
     | grep --line-buffered -v -e 'UserWarning' -e 'warnings.warn' | tee "$work/cml.log" || true
 grep '^RESULT ' "$work/cml.log" > "$work/results" || true

@@ -189,11 +189,16 @@ def rounding_kwargs(config):
     return {"rounding_threshold_bits": {"n_bits": int(bits), "method": method}}
 
 
+def load_test_set():
+    """The 10k test images, pixels in [-1, 1], and their labels."""
+    xte_u8, yte = load_split("t10k")
+    return to_float(xte_u8), yte
+
+
 def load_data(a):
     """Training images (the first --train-images) and the test set, pixels in [-1, 1]."""
     xtr_u8, ytr = load_split("train")
-    xte_u8, yte = load_split("t10k")
-    return to_float(xtr_u8[:a.train_images]), ytr[:a.train_images], to_float(xte_u8), yte
+    return (to_float(xtr_u8[:a.train_images]), ytr[:a.train_images], *load_test_set())
 
 
 def trained_model(a, xtr, ytr, xte, yte):
@@ -228,7 +233,7 @@ def config_process(a, config, state_path, calib, reference, acc_torch, events):
         logits = model(torch.from_numpy(calib[:len(reference)])).numpy()
     if not np.array_equal(logits, reference):
         sys.exit("the trained model did not survive the move to the configuration's process")
-    _, _, xte, yte = load_data(a)
+    xte, yte = load_test_set()
 
     print(f"\n== configuration {config}", flush=True)
     t0 = time.time()
@@ -283,6 +288,11 @@ def config_process(a, config, state_path, calib, reference, acc_torch, events):
         events.put(("image", seconds, same, out.size))
 
 
+def is_approximate(config):
+    """Approximate rounding: not exact by design, so it competes for the fastest only."""
+    return config.endswith("approximate")
+
+
 class Bounds:
     """When an encrypted run can stop: once it has taken longer than the fastest configuration of its
     kind that ran in full, it can be neither the fastest nor the fastest exact one. An approximate
@@ -294,14 +304,12 @@ class Bounds:
         self.fastest, self.fastest_exact = approximate, exact
 
     def of(self, config):
-        if config.endswith("approximate"):
-            return self.fastest
-        return self.fastest_exact
+        return self.fastest if is_approximate(config) else self.fastest_exact
 
     def record(self, config, seconds, exact):
         if self.fastest is None or seconds < self.fastest:
             self.fastest = seconds
-        if exact and not config.endswith("approximate") and (self.fastest_exact is None or seconds < self.fastest_exact):
+        if exact and not is_approximate(config) and (self.fastest_exact is None or seconds < self.fastest_exact):
             self.fastest_exact = seconds
 
 
@@ -321,7 +329,7 @@ def run_config(a, config, state_path, calib, reference, acc_torch, bounds):
             if deadline is not None and time.time() > deadline:
                 proc.kill()
                 stopped = bound
-                kind = "" if config.endswith("approximate") else "exact "
+                kind = "" if is_approximate(config) else "exact "
                 print(f"FHE execution stopped after {bound:.1f} s: slower than the fastest {kind}configuration "
                       "(this run's, or --stop-after's)", flush=True)
                 break
@@ -336,9 +344,6 @@ def run_config(a, config, state_path, calib, reference, acc_torch, bounds):
             times.append(event[1])
             same, total, deadline = same + event[2], total + event[3], None
     proc.join()
-    if info is None:
-        print(f"RESULT config={config} failed=exit-code-{proc.exitcode}", flush=True)
-        return
     fhe_s = float(np.mean(times)) if times and stopped is None else float("nan")
     exact = f"{same}/{total}" if times and stopped is None else "-"
     if not np.isnan(fhe_s):
@@ -346,8 +351,8 @@ def run_config(a, config, state_path, calib, reference, acc_torch, bounds):
         bounds.record(config, fhe_s, same == total)
     fields = {"config": config, "fhe_s_per_image": f"{fhe_s:.2f}",
               "stopped_after": "-" if stopped is None else f"{stopped:.1f}", "exact_outputs": exact,
-              "keygen_s": "nan", **info}
-    if stopped is None and proc.exitcode != 0:
+              "keygen_s": "nan", **(info or {})}
+    if info is None or (stopped is None and proc.exitcode != 0):
         fields["failed"] = f"exit-code-{proc.exitcode}"
     print("RESULT " + " ".join(f"{k}={v}" for k, v in fields.items()), flush=True)
 
