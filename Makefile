@@ -92,11 +92,12 @@ train-cnn-pkn:
 	    --out $(TRAIN_OUT)/cnn-pkn.safetensors $(TRAIN_FLAGS)
 
 # A stride-2 stem and a stride-2 first block (stages at 7x7 down to 1x1); 15 float epochs with
-# augmentation, quantized by the compiler (no fine-tuning). On a GPU if PyTorch sees one; about 30
-# minutes on 2 cores. The checkpoint in $(TRAIN_OUT) lets a stopped run continue (run it again).
+# augmentation, quantized by the compiler (no fine-tuning) with 5-bit tables and clip 0.003. On a
+# GPU if PyTorch sees one; about 30 minutes on 2 cores. The checkpoint in $(TRAIN_OUT) lets a
+# stopped run continue (run it again).
 train-resnet18-pkn:
 	$(TRAIN) resnet18-pkn --stem-stride 2 --stage1-stride 2 --augment --keep-optimizer --float-epochs 15 \
-	    --float-lr 1e-3 --epochs 0 --finetune 0 --input-bits 4 --margin 0.1 \
+	    --float-lr 1e-3 --epochs 0 --finetune 0 --input-bits 4 --margin 0.1 --lut-bits 5 --act-clip 0.003 \
 	    --checkpoint $(TRAIN_OUT)/resnet18-pkn.ckpt --out $(TRAIN_OUT)/resnet18-pkn.safetensors $(TRAIN_FLAGS)
 
 # The PyTorch emulation against `pkn infer --clear`, score for score on 20 test images each: the two
